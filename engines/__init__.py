@@ -1,0 +1,1 @@
+"""The inference runtime (see DESIGN.md); filled in by the runtime issue."""

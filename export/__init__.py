@@ -1,0 +1,1 @@
+"""ONNX export and TensorRT engine building (see DESIGN.md); filled in by the export issue."""

@@ -1,0 +1,383 @@
+"""The paper's four networks (PAPER.md section 3, paper Table 1) in Caffe-exact PyTorch, and CPU-sized presets.
+
+Each network is one table of layers (`LayerSpec`s) from input to conv5 + ReLU; `SPPNet` adds the pyramid (or
+the no-SPP baseline's pool5 to 6x6) and the fc head. Departures from the paper's text are written beside the
+table that makes them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from .bins import check_rule
+from .layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN, caffe_pool_size, conv_size
+from .spp import DEFAULT_LEVELS, SpatialPyramidPooling, check_levels
+
+
+@dataclass(frozen=True)
+class Conv:
+    """Convolution (Caffe init: Gaussian weights, constant bias) followed by ReLU."""
+
+    name: str
+    channels: int
+    kernel: int
+    stride: int = 1
+    pad: int = 0
+    bias: float = 0.0
+
+    def out_size(self, a: int) -> int:
+        return conv_size(a, self.kernel, self.stride, self.pad)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Caffe CEIL-mode max pooling, no padding."""
+
+    kernel: int
+    stride: int
+
+    def out_size(self, a: int) -> int:
+        return caffe_pool_size(a, self.kernel, self.stride)
+
+
+@dataclass(frozen=True)
+class LRN:
+    """Caffe LRN: 'within' (WITHIN_CHANNEL, ZF-5) or 'across' (ACROSS_CHANNELS, Krizhevsky's)."""
+
+    region: str
+    size: int
+    alpha: float
+    beta: float = 0.75
+
+    def out_size(self, a: int) -> int:
+        return a
+
+
+LayerSpec = Conv | Pool | LRN
+ZF_LRN = LRN("within", 3, 5e-5)
+KRIZHEVSKY_LRN = LRN("across", 5, 1e-4)
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """ImageNet 2012 val, 10-view top-1 / top-5 error % (paper Table 2; PAPER.md section 6)."""
+
+    no_spp: tuple[float, float]
+    spp_single_size: tuple[float, float]
+    spp_multi_size: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A network: its layer table to conv5, fc width, the no-SPP baseline's pool5, sizes and paper numbers."""
+
+    name: str
+    summary: str
+    layers: tuple[LayerSpec, ...]
+    fc_width: int = 4096
+    baseline_pool: Pool = Pool(3, 2)
+    input_size: int = 224
+    train_sizes: tuple[int, ...] = (224, 180)
+    paper: PaperResult | None = None
+    preset_of: str | None = None
+
+    @property
+    def conv5_channels(self) -> int:
+        return [layer for layer in self.layers if isinstance(layer, Conv)][-1].channels
+
+
+def zf5_layers(div: int = 1) -> tuple[LayerSpec, ...]:
+    """ZF-5 as in the release prototxt: conv5 is 13x13 at 224 and 10x10 at 180."""
+    return (
+        Conv("conv1", 96 // div, 7, stride=2, pad=1, bias=0.0),
+        ZF_LRN,
+        Pool(3, 2),
+        Conv("conv2", 256 // div, 5, stride=2, pad=0, bias=1.0),
+        ZF_LRN,
+        Pool(3, 2),
+        Conv("conv3", 384 // div, 3, pad=1, bias=0.0),
+        Conv("conv4", 384 // div, 3, pad=1, bias=1.0),
+        Conv("conv5", 256 // div, 3, pad=1, bias=1.0),
+    )
+
+
+def convnet5_layers(div: int = 1) -> tuple[LayerSpec, ...]:
+    """Convnet*-5: Krizhevsky's net with pooling after conv2 and conv3; pads chosen for 55/27/13 at 224.
+
+    The paper does not say which LRN it uses: Krizhevsky's across-channel one (size 5, alpha 1e-4) here.
+    """
+    return (
+        Conv("conv1", 96 // div, 11, stride=4, pad=2, bias=0.0),
+        KRIZHEVSKY_LRN,
+        Conv("conv2", 256 // div, 5, pad=2, bias=1.0),
+        KRIZHEVSKY_LRN,
+        Pool(3, 2),
+        Conv("conv3", 384 // div, 3, pad=1, bias=0.0),
+        Pool(3, 2),
+        Conv("conv4", 384 // div, 3, pad=1, bias=1.0),
+        Conv("conv5", 256 // div, 3, pad=1, bias=1.0),
+    )
+
+
+def overfeat_layers(depth: int, div: int = 1) -> tuple[LayerSpec, ...]:
+    """Overfeat-5/7: conv3.. are 512 3x3; 18x18 from conv2 on at 224.
+
+    Caffe's CEIL pool1 (3x3 s3) turns conv1's 109 into 37, not the paper's 36 (that needs floor mode); conv2's
+    pad 1 brings it back to 35, and pool2 to the paper's 18. LRN as in Convnet*-5 (across channels).
+    """
+    convs = tuple(Conv(f"conv{i}", 512 // div, 3, pad=1, bias=1.0 if i > 3 else 0.0) for i in range(3, depth + 1))
+    return (
+        Conv("conv1", 96 // div, 7, stride=2, pad=0, bias=0.0),
+        Pool(3, 3),
+        KRIZHEVSKY_LRN,
+        Conv("conv2", 256 // div, 5, pad=1, bias=1.0),
+        Pool(2, 2),
+        *convs,
+    )
+
+
+# CPU presets: the same layer tables with 1/8 of the channels, fc 512, at half the paper's input sizes
+# (112 and 90 instead of 224 and 180), for the built-in data on a CPU.
+CPU_DIV = 8
+CPU_FC = 512
+CPU_SIZES = (112, 90)
+
+NETWORKS: dict[str, NetworkSpec] = {}
+
+
+def register(spec: NetworkSpec) -> NetworkSpec:
+    """Add a network to the registry; a name may be registered once."""
+    if spec.name in NETWORKS:
+        raise ValueError(f"network {spec.name!r} is already registered")
+    NETWORKS[spec.name] = spec
+    return spec
+
+
+def _register_with_cpu_preset(spec: NetworkSpec, cpu_layers: tuple[LayerSpec, ...]) -> None:
+    register(spec)
+    register(
+        replace(
+            spec,
+            name=f"{spec.name}_cpu",
+            layers=cpu_layers,
+            fc_width=CPU_FC,
+            input_size=CPU_SIZES[0],
+            train_sizes=CPU_SIZES,
+            paper=None,
+            preset_of=spec.name,
+            summary=f"CPU preset of {spec.name}: its layers with 1/{CPU_DIV} of the channels, "
+            f"fc {CPU_FC}, inputs {CPU_SIZES[0]}/{CPU_SIZES[1]}",
+        )
+    )
+
+
+_register_with_cpu_preset(
+    NetworkSpec(
+        "zf5",
+        "ZF-5 (Zeiler-Fergus, the release's SPP-net): 5 conv, within-channel LRN, conv5 256 x 13x13 at 224",
+        zf5_layers(),
+        paper=PaperResult((35.99, 14.76), (34.98, 14.14), (34.60, 13.64)),
+    ),
+    zf5_layers(CPU_DIV),
+)
+_register_with_cpu_preset(
+    NetworkSpec(
+        "convnet5",
+        "Convnet*-5 (Krizhevsky's net, pooling after conv2 and conv3): conv5 256 x 13x13 at 224",
+        convnet5_layers(),
+        paper=PaperResult((34.93, 13.92), (34.38, 13.54), (33.94, 13.33)),
+    ),
+    convnet5_layers(CPU_DIV),
+)
+_register_with_cpu_preset(
+    NetworkSpec(
+        "overfeat5",
+        "Overfeat-5: 5 conv, conv3..conv5 512, conv5 512 x 18x18 at 224",
+        overfeat_layers(5),
+        baseline_pool=Pool(3, 3),
+        paper=PaperResult((34.13, 13.52), (32.87, 12.80), (32.26, 12.33)),
+    ),
+    overfeat_layers(5, CPU_DIV),
+)
+_register_with_cpu_preset(
+    NetworkSpec(
+        "overfeat7",
+        "Overfeat-7: 7 conv, conv3..conv7 512, conv7 512 x 18x18 at 224",
+        overfeat_layers(7),
+        baseline_pool=Pool(3, 3),
+        paper=PaperResult((32.01, 11.97), (30.36, 11.12), (29.68, 10.95)),
+    ),
+    overfeat_layers(7, CPU_DIV),
+)
+
+
+def get_network(name: str) -> NetworkSpec:
+    """The registered network called `name`, or a ValueError listing the choices."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}: choose one of {', '.join(NETWORKS)}")
+    return NETWORKS[name]
+
+
+def make_features(layers: Sequence[LayerSpec], in_channels: int = 3) -> nn.Sequential:
+    """The conv trunk of a layer table, with Caffe's layer names (conv1, relu1, norm1, pool1, ...)."""
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    stage, channels = 0, in_channels
+    for layer in layers:
+        if isinstance(layer, Conv):
+            stage += 1
+            modules[layer.name] = nn.Conv2d(channels, layer.channels, layer.kernel, layer.stride, layer.pad)
+            modules[f"relu{stage}"] = nn.ReLU(inplace=True)
+            channels = layer.channels
+        elif isinstance(layer, Pool):
+            modules[f"pool{stage}"] = CaffeMaxPool2d(layer.kernel, layer.stride)
+        else:
+            lrn = WithinChannelLRN if layer.region == "within" else AcrossChannelLRN
+            modules[f"norm{stage}"] = lrn(layer.size, layer.alpha, layer.beta)
+    return nn.Sequential(modules)
+
+
+def _extent(layer: Conv | Pool) -> int:
+    """The smallest input length this layer maps to a non-empty output (Caffe pooling wants >= kernel)."""
+    return layer.kernel - 2 * layer.pad if isinstance(layer, Conv) else layer.kernel
+
+
+def feature_sizes(spec: NetworkSpec, height: int, width: int) -> list[tuple[str, int, int]]:
+    """(layer, H, W) after each conv and pool for an input of height x width; ValueError if a map empties."""
+    sizes: list[tuple[str, int, int]] = []
+    stage, h, w = 0, height, width
+    for layer in spec.layers:
+        if isinstance(layer, LRN):
+            continue
+        stage += isinstance(layer, Conv)
+        name = layer.name if isinstance(layer, Conv) else f"pool{stage}"
+        if min(h, w) < _extent(layer):
+            smallest = min_input_size(spec)
+            raise ValueError(
+                f"input {height}x{width} is too small for {spec.name}: {name} (kernel {layer.kernel}) would see a "
+                f"{h}x{w} map; give at least {smallest}x{smallest} pixels"
+            )
+        h, w = layer.out_size(h), layer.out_size(w)
+        sizes.append((name, h, w))
+    return sizes
+
+
+def min_input_size(spec: NetworkSpec) -> int:
+    """The smallest square input for which every layer of the network has a non-empty output."""
+    a = 1
+    while not _fits(spec, a):
+        a += 1
+    return a
+
+
+def _fits(spec: NetworkSpec, a: int) -> bool:
+    for layer in spec.layers:
+        if isinstance(layer, LRN):
+            continue
+        if a < _extent(layer):
+            return False
+        a = layer.out_size(a)
+    return True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What `build_model` makes; the defaults are the paper's."""
+
+    name: str = "zf5"
+    spp: bool = True
+    num_classes: int = 1000
+    levels: tuple[int, ...] = DEFAULT_LEVELS
+    rule: str = "adaptive"
+    dropout: float = 0.5
+    init_std: float = 0.01
+
+
+class BaselinePool(nn.Module):
+    """The no-SPP baseline's pool5 (to 6x6 at the training size) and flatten; other sizes are refused."""
+
+    def __init__(self, pool: Pool, grid: int) -> None:
+        super().__init__()
+        self.pool = CaffeMaxPool2d(pool.kernel, pool.stride)
+        self.grid = grid
+
+    def output_dim(self, channels: int) -> int:
+        return channels * self.grid * self.grid
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.pool(x)
+        if tuple(y.shape[-2:]) != (self.grid, self.grid):
+            raise ValueError(
+                f"the no-SPP model's pool5 gives {y.shape[-2]}x{y.shape[-1]} here, but its fc6 takes "
+                f"{self.grid}x{self.grid}: feed its training size, or use an SPP model (spp=True) "
+                "for any size"
+            )
+        return y.flatten(1)
+
+
+class SPPNet(nn.Module):
+    """features (conv1..conv5 + ReLU) -> pool (SPP, or pool5 for the baseline) -> classifier (fc6, fc7, fc8)."""
+
+    def __init__(self, spec: NetworkSpec, config: ModelConfig) -> None:
+        super().__init__()
+        self.spec, self.config = spec, config
+        self.features = make_features(spec.layers)
+        channels = spec.conv5_channels
+        if config.spp:
+            self.pool: SpatialPyramidPooling | BaselinePool = SpatialPyramidPooling(config.levels, config.rule)
+        else:
+            _, h, _ = feature_sizes(spec, spec.input_size, spec.input_size)[-1]
+            grid = spec.baseline_pool.out_size(h)
+            self.pool = BaselinePool(spec.baseline_pool, grid)
+        fc = spec.fc_width
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                fc6=nn.Linear(self.pool.output_dim(channels), fc),
+                relu6=nn.ReLU(inplace=True),
+                drop6=nn.Dropout(config.dropout),
+                fc7=nn.Linear(fc, fc),
+                relu7=nn.ReLU(inplace=True),
+                drop7=nn.Dropout(config.dropout),
+                fc8=nn.Linear(fc, config.num_classes),
+            )
+        )
+        caffe_init(self, spec, config.init_std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.spec.name} expects (N, 3, H, W) BGR images; got shape {tuple(x.shape)}")
+        feature_sizes(self.spec, x.shape[2], x.shape[3])  # a clear error before torch's for too-small inputs
+        return self.classifier(self.pool(self.features(x)))
+
+
+def caffe_init(model: SPPNet, spec: NetworkSpec, std: float = 0.01) -> None:
+    """Caffe's fillers: Gaussian(0, std) weights; biases from the layer table, 1 for fc6/fc7, 0 for fc8."""
+    biases = {layer.name: layer.bias for layer in spec.layers if isinstance(layer, Conv)}
+    biases.update(fc6=1.0, fc7=1.0, fc8=0.0)
+    named = dict(model.features.named_children()) | dict(model.classifier.named_children())
+    with torch.no_grad():
+        for name, bias in biases.items():
+            named[name].weight.normal_(0.0, std)
+            named[name].bias.fill_(bias)
+
+
+def build_model(
+    name: str,
+    *,
+    spp: bool = True,
+    num_classes: int = 1000,
+    levels: Sequence[int] = DEFAULT_LEVELS,
+    rule: str = "adaptive",
+    dropout: float = 0.5,
+) -> SPPNet:
+    """One of the registered networks with an SPP head (or the no-SPP baseline), Caffe-initialised."""
+    spec = get_network(name)
+    check_rule(rule)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1; got {num_classes}")
+    config = ModelConfig(name, spp, num_classes, check_levels(levels), rule, dropout)
+    return SPPNet(spec, config)

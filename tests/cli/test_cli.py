@@ -1,0 +1,72 @@
+"""The `sppnet` command: describe and bench work as a user runs them; bad input is one line, exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sppnet.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse usage errors
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(("size", "conv5"), [("224", "256x13x13"), ("180", "256x10x10")])
+def test_describe_zf5_prints_conv5_13_at_224_and_10_at_180(
+    capsys: pytest.CaptureFixture[str], size: str, conv5: str
+) -> None:
+    code, out, _ = run(capsys, "describe", "zf5", "--size", size)
+    assert code == 0
+    conv5_row = next(line for line in out.splitlines() if line.startswith("conv5"))
+    assert conv5 in conv5_row and "884,992" in conv5_row  # 384*256*9 + 256
+    assert "12800" in next(line for line in out.splitlines() if line.startswith("spp"))
+
+
+def test_describe_json_has_every_layer_and_non_square_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "describe", "overfeat7", "--size", "180x240", "--json")
+    rows = {row["layer"]: row for row in json.loads(out)}
+    assert code == 0 and rows["conv7"]["output"] == [512, 14, 19] and rows["fc8"]["output"] == [1000]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["describe", "vgg16"], "unknown network 'vgg16'"),
+        (["describe", "zf5", "--size", "20"], "too small for zf5"),
+        (["describe", "zf5", "--size", "0x3"], "not H or HxW"),
+        (["describe", "zf5", "--size", "180", "--no-spp"], "use an SPP model"),
+        (["describe", "zf5", "--rule", "floor"], "invalid choice: 'floor'"),
+        (["describe", "zf5", "--size", "180", "--rule", "window"], "rule='window'"),
+        (["describe", "zf5", "--levels", "6,x"], "not comma-separated"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    code, _out, err = run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("sppnet")]) == 1
+
+
+def test_bench_spp_prints_ratios_from_one_run(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "bench", "spp", "--batch", "2", "--channels", "8", "--repeats", "2", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["size"] for r in rows] == ["13x13", "10x10"]
+    assert all(r["naive_over_spp"] > 0 and r["spp_over_maxpool"] > 0 for r in rows)
+
+
+def test_the_installed_console_script_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sppnet.cli", "describe", "zf5_cpu", "--size", "112"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "32x6x6" in done.stdout  # 112 -> 54 -> 27 -> 12 -> 6
