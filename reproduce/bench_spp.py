@@ -27,6 +27,7 @@ class SppBenchRow:
     spp_ms: float
     naive_ms: float
     maxpool_ms: float
+    torch_adaptive_ms: float | None
 
     @property
     def naive_over_spp(self) -> float:
@@ -37,7 +38,10 @@ class SppBenchRow:
         return self.spp_ms / self.maxpool_ms
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self) | {"naive_over_spp": self.naive_over_spp, "spp_over_maxpool": self.spp_over_maxpool}
+        ratios = {"naive_over_spp": self.naive_over_spp, "spp_over_maxpool": self.spp_over_maxpool}
+        if self.torch_adaptive_ms is not None:
+            ratios["spp_over_torch_adaptive"] = self.spp_ms / self.torch_adaptive_ms
+        return asdict(self) | ratios
 
 
 def _fwd_bwd_ms(fn: Callable[[Tensor], Tensor], x: Tensor) -> float:
@@ -56,13 +60,20 @@ def bench_spp(
     repeats: int = 20,
     seed: int = 0,
 ) -> list[SppBenchRow]:
-    """Time SPP, the per-bin loop and one 3x3/s2 max-pool (ZF-5's no-SPP pool5) on (batch, channels, H, W)."""
+    """Time SPP, the per-bin loop and one 3x3/s2 max-pool (ZF-5's no-SPP pool5) on (batch, channels, H, W).
+
+    For the adaptive rule, torch's native adaptive_max_pool2d per level (the same bins) is timed as well.
+    """
     torch.manual_seed(seed)
     candidates: dict[str, Callable[[Tensor], Tensor]] = {
         "spp": lambda x: spatial_pyramid_pool(x, levels, rule),
         "naive": lambda x: spp_naive(x, levels, rule),
         "maxpool": lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True),
     }
+    if rule == "adaptive":
+        candidates["torch_adaptive"] = lambda x: torch.cat(
+            [F.adaptive_max_pool2d(x, n).flatten(1) for n in levels], dim=1
+        )
     rows = []
     for height, width in sizes:
         x = torch.randn(batch, channels, height, width)
@@ -73,8 +84,14 @@ def bench_spp(
             for name, fn in candidates.items():
                 times[name].append(_fwd_bwd_ms(fn, x))
         med = {name: statistics.median(t) for name, t in times.items()}
-        rows.append(SppBenchRow(f"{height}x{width}", rule, med["spp"], med["naive"], med["maxpool"]))
+        rows.append(
+            SppBenchRow(f"{height}x{width}", rule, med["spp"], med["naive"], med["maxpool"], med.get("torch_adaptive"))
+        )
     return rows
+
+
+def _ratio(num: float, den: float | None) -> str:
+    return "-" if den is None else f"{num / den:.2f}x"
 
 
 def format_rows(rows: Sequence[SppBenchRow], batch: int, channels: int, levels: Sequence[int]) -> str:
@@ -83,11 +100,11 @@ def format_rows(rows: Sequence[SppBenchRow], batch: int, channels: int, levels: 
         f"SPP forward+backward, batch {batch} x {channels} channels, levels {tuple(levels)} "
         "(median ms; ratios from the same run)",
         f"{'conv5':>7} {'rule':>9} {'spp':>9} {'naive loop':>11} {'max-pool':>9} "
-        f"{'naive/spp':>10} {'spp/max-pool':>13}",
+        f"{'naive/spp':>10} {'spp/max-pool':>13} {'spp/torch-adaptive':>19}",
     ]
     for r in rows:
         lines.append(
             f"{r.size:>7} {r.rule:>9} {r.spp_ms:>9.2f} {r.naive_ms:>11.2f} {r.maxpool_ms:>9.2f} "
-            f"{r.naive_over_spp:>9.1f}x {r.spp_over_maxpool:>12.2f}x"
+            f"{r.naive_over_spp:>9.1f}x {r.spp_over_maxpool:>12.2f}x {_ratio(r.spp_ms, r.torch_adaptive_ms):>19}"
         )
     return "\n".join(lines)

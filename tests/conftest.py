@@ -1,0 +1,29 @@
+"""Shared fixtures for the sppnet tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+
+def _load_test_helper(name: str) -> ModuleType:
+    """Import tests/<name>.py by path (the tests folder is not a package; pytest runs in importlib mode)."""
+    module_name = f"_sppnet_tests_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def caffe_oracle():  # -> caffe_oracle.CaffeOracle
+    """The BVLC Caffe oracle (built on first use); skipped without its build script, failed under CI."""
+    return _load_test_helper("caffe_oracle").find_or_build()
