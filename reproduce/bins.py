@@ -6,10 +6,11 @@ Every other piece (the PyTorch layer, window pooling, ONNX graphs, the plugin ke
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, get_args
+
+from .caffe_shapes import caffe_pool_size
 
 Rule = Literal["adaptive", "window", "caffe"]
 RULES: tuple[str, ...] = get_args(Rule)
@@ -50,7 +51,7 @@ def _window_bins(a: int, n: int, where: str) -> tuple[Bin, ...]:
     win, stride = -(-a // n), a // n
     if stride == 0:
         raise ValueError(f"{where}: the window rule needs a >= n (stride floor(a/n) is 0); use rule='adaptive'")
-    count = -(-(a - win) // stride) + 1
+    count = caffe_pool_size(a, win, stride)
     if count != n:
         raise ValueError(
             f"{where}: the window rule (win {win}, stride {stride}) gives {count} bins, not {n}, because "
@@ -69,9 +70,7 @@ def _caffe_bins(a: int, n: int, where: str) -> tuple[Bin, ...]:
             f"{where}: Caffe aborts here (pooling pad {pad} >= kernel {kernel}, CHECK_LT in PoolingLayer); "
             "use a larger map or rule='adaptive'"
         )
-    pooled = math.ceil((a + 2 * pad - kernel) / kernel) + 1
-    if pad > 0 and (pooled - 1) * kernel >= a + pad:
-        pooled -= 1  # Caffe drops a last window that starts in the padding
+    pooled = caffe_pool_size(a, kernel, kernel, pad)
     bins = tuple((max(j * kernel - pad, 0), min(j * kernel - pad + kernel, a)) for j in range(pooled))
     if pooled != n or any(end <= start for start, end in bins):
         raise ValueError(f"{where}: Caffe's pooling gives {pooled} windows here, not {n} non-empty ones")

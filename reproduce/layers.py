@@ -48,13 +48,3 @@ class CaffeMaxPool2d(nn.MaxPool2d):
                 "reproducible with torch's ceil mode"
             )
         super().__init__(kernel_size, stride, ceil_mode=True)
-
-
-def caffe_pool_size(a: int, kernel: int, stride: int) -> int:
-    """Caffe CEIL-mode pooled length for pad 0 (pooling_layer.cpp Reshape)."""
-    return -(-(a - kernel) // stride) + 1
-
-
-def conv_size(a: int, kernel: int, stride: int, pad: int) -> int:
-    """Caffe/torch convolution output length (rounds down)."""
-    return (a + 2 * pad - kernel) // stride + 1

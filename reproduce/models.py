@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from .bins import check_rule
-from .layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN, caffe_pool_size, conv_size
+from .caffe_shapes import caffe_pool_size, conv_size
+from .layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
 from .spp import DEFAULT_LEVELS, SpatialPyramidPooling, check_levels
 
 
