@@ -19,6 +19,7 @@ _EXPORTS = {
         "SPPNet",
         "build_model",
         "feature_sizes",
+        "feature_stride",
         "get_network",
         "min_input_size",
     ),

@@ -267,6 +267,15 @@ def feature_sizes(spec: NetworkSpec, height: int, width: int) -> list[tuple[str,
     return sizes
 
 
+def feature_stride(spec: NetworkSpec) -> int:
+    """Input pixels per conv5 cell: the product of every conv and pool stride (16 for ZF-5 and Convnet*-5)."""
+    stride = 1
+    for layer in spec.layers:
+        if not isinstance(layer, LRN):
+            stride *= layer.stride
+    return stride
+
+
 def min_input_size(spec: NetworkSpec) -> int:
     """The smallest square input for which every layer of the network has a non-empty output."""
     a = 1

@@ -195,3 +195,14 @@ def test_unknown_networks_and_duplicate_registrations_are_refused() -> None:
         build_model("alexnet")
     with pytest.raises(ValueError, match="already registered"):
         register(get_network("zf5"))
+
+
+@pytest.mark.parametrize(("name", "stride"), [("zf5", 16), ("convnet5", 16), ("overfeat5", 12), ("overfeat7", 12)])
+def test_feature_stride_is_the_product_of_conv_and_pool_strides(name: str, stride: int) -> None:
+    from sppnet.reproduce import feature_stride
+
+    table = PAPER_TABLES[name]
+    assert feature_stride(get_network(name)) == math.prod(
+        layer[3] if layer[0] == "conv" else layer[2] for layer in table
+    )
+    assert math.prod(layer[3] if layer[0] == "conv" else layer[2] for layer in table) == stride
