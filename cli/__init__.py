@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sppnet.reproduce.bins import RULES
 from sppnet.reproduce.models import NETWORKS
@@ -57,6 +58,73 @@ def _bench_spp(args: argparse.Namespace) -> None:
         print(format_rows(rows, args.batch, args.channels, args.levels))
 
 
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """'224,180' -> (224, 180)."""
+    try:
+        sizes = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes {text!r} are not comma-separated pixels (e.g. 224,180)")
+    return sizes
+
+
+def _data_make(args: argparse.Namespace) -> None:
+    from sppnet.reproduce.builtin_data import make_classification_dataset
+
+    if args.task != "classification":
+        raise ValueError(f"--task {args.task}: only classification datasets exist so far")
+    manifest = make_classification_dataset(
+        Path(args.out), source=args.source, n=args.n, seed=args.seed, fashion_mnist_dir=args.fashion_mnist_dir
+    )
+    counts = {split: sum(per_class.values()) for split, per_class in manifest["counts"].items()}
+    print(f"wrote {args.out}: {counts} images from {args.source}, seed {args.seed}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from sppnet.reproduce.solver import SolverConfig
+    from sppnet.reproduce.train import TrainConfig, default_preprocess, train
+
+    solver = SolverConfig(base_lr=args.lr, milestones=tuple(args.milestones or ()))
+    config = TrainConfig(
+        model=args.model,
+        spp=not args.no_spp,
+        levels=args.levels,
+        rule=args.rule,
+        sizes=args.sizes,
+        size_schedule=args.size_schedule,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        dropout=args.dropout,
+        init_std=args.init_std,
+        solver=solver,
+        preprocess=default_preprocess(args.model, args.sizes, args.short_side),
+        on_bad=args.on_bad,
+    )
+    train(config, args.data, args.out, resume=args.resume, progress=sys.stderr.isatty())
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from sppnet.reproduce.datasets import builtin_split, load_images
+    from sppnet.reproduce.evaluate import evaluate
+    from sppnet.reproduce.trained import load_model, load_preprocess
+
+    model, pre = load_model(args.run), load_preprocess(args.run)
+    images, kept, bad = load_images(builtin_split(args.data, args.split), on_bad="skip")
+    for item in bad:
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+    labels = [sample.label for sample in kept.samples]
+    result = evaluate(model, images, labels, mode=args.mode, pre=pre, size=args.size)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(
+            f"{args.mode} size {args.size or '-'}: top-1 error {100 * result.top1_err:.2f}%, "
+            f"top-5 error {100 * result.top5_err:.2f}% on {result.n} images"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
     parser = argparse.ArgumentParser(prog="sppnet", description="SPP-net: reproduce, export, serve.")
@@ -71,6 +139,58 @@ def build_parser() -> argparse.ArgumentParser:
     desc.add_argument("--rule", choices=RULES, default="adaptive", help="bin rule (adaptive)")
     desc.add_argument("--json", action="store_true", help="one JSON list instead of the table")
     desc.set_defaults(run=_describe)
+
+    data = sub.add_parser("data", help="datasets")
+    data_sub = data.add_subparsers(dest="data", required=True, metavar="WHAT")
+    make = data_sub.add_parser("make", help="generate the built-in dataset (ImageFolder layout + manifest)")
+    make.add_argument("--out", required=True, metavar="DIR")
+    make.add_argument("--task", choices=["classification"], default="classification")
+    make.add_argument("--source", choices=["fashion-mnist", "shapes"], default="fashion-mnist")
+    make.add_argument("--n", type=int, default=3000, help="images in all (3000)")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument(
+        "--fashion-mnist-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="idx files (default /usr/share/datasets/fashion-mnist)",
+    )
+    make.set_defaults(run=_data_make)
+
+    tr = sub.add_parser("train", help="train a network, Caffe-style, single- or multi-size")
+    tr.add_argument("--model", required=True, metavar="NAME", help=f"one of: {', '.join(NETWORKS)}")
+    tr.add_argument("--data", required=True, metavar="DIR", help="DIR/train/<class>/..., DIR/test/<class>/...")
+    tr.add_argument("--out", required=True, metavar="RUN")
+    tr.add_argument("--sizes", type=parse_sizes, default=(224,), help="training sizes; two or more = multi-size")
+    tr.add_argument(
+        "--size-schedule",
+        choices=["alternate", "random"],
+        default="alternate",
+        help="alternate whole epochs between sizes, or draw one in [min, max] per epoch",
+    )
+    tr.add_argument("--epochs", type=int, default=70)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--lr", type=float, default=0.01)
+    tr.add_argument("--milestones", type=parse_sizes, default=None, help="epochs at which lr /= 10")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--dropout", type=float, default=0.5)
+    tr.add_argument("--init-std", type=float, default=0.01, help="Gaussian weight init (Caffe: 0.01)")
+    tr.add_argument("--short-side", type=int, default=None, help="resize before cropping (crop * 256/224)")
+    tr.add_argument("--no-spp", action="store_true", help="the no-SPP baseline (one size)")
+    tr.add_argument("--levels", type=parse_levels, default=(6, 3, 2, 1))
+    tr.add_argument("--rule", choices=RULES, default="adaptive")
+    tr.add_argument("--on-bad", choices=["skip", "error"], default="skip", help="bad images: skip or stop")
+    tr.add_argument("--resume", action="store_true", help="continue RUN from its last finished epoch")
+    tr.set_defaults(run=_train)
+
+    ev = sub.add_parser("evaluate", help="top-1/top-5 error of a trained run")
+    ev.add_argument("run", metavar="RUN")
+    ev.add_argument("--data", required=True, metavar="DIR")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--mode", choices=["crop", "10view", "full", "multiview"], default="crop")
+    ev.add_argument("--size", type=int, default=None, help="crop/10view: resize views to S; full: short side S")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(run=_evaluate)
 
     bench = sub.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -100,6 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"sppnet: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "sppnet: interrupted (a training run continues from its last finished epoch with --resume)", file=sys.stderr
+        )
+        return 130
     return 0
 
 

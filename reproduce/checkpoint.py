@@ -115,7 +115,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a fsynced temporary file in the same directory and a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -141,7 +141,7 @@ def _write_tensors(directory: Path, stem: str, tensors: dict[str, torch.Tensor])
     data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     digest = _sha256(data)
     name = f"{stem}-{digest[:16]}.safetensors"
-    _write_atomic(directory / name, data)
+    write_atomic(directory / name, data)
     return name, digest
 
 
@@ -225,7 +225,7 @@ def save_checkpoint(
         files["solver"] = {"file": name, "sha256": digest}
     meta["files"] = files
     path = directory / STATE_FILE
-    _write_atomic(path, (json.dumps(meta, indent=1) + "\n").encode())
+    write_atomic(path, (json.dumps(meta, indent=1) + "\n").encode())
     keep = {entry["file"] for entry in files.values()}
     for stale in [*directory.glob("model-*.safetensors"), *directory.glob("solver-*.safetensors")]:
         if stale.name not in keep:

@@ -40,7 +40,8 @@ class Preprocess:
     array with `resize_to`, one rule for crops and whole images of any size alike; Caffe's data layer instead
     subtracts the same-size mean at the crop's offset (mirrored with the crop), which differs only by the
     mean's small spatial variation. `train_crop` "five" is the paper's centre-or-corner crop, "random" is Caffe's
-    data layer (any offset).
+    data layer (any offset). `scale` multiplies the mean-subtracted values (Caffe's transform_param scale; 1 in
+    the paper, smaller for networks initialised for unit-variance inputs).
     """
 
     mean_bgr: tuple[float, float, float] = (128.0, 128.0, 128.0)
@@ -48,6 +49,7 @@ class Preprocess:
     short_side: int = 256
     crop: int = 224
     train_crop: TrainCrop = "five"
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean_bgr", tuple(float(v) for v in self.mean_bgr))
@@ -194,9 +196,10 @@ def colour_alter(img: np.ndarray, rng: np.random.Generator, std: float = 0.1) ->
 
 
 def subtract_mean(img: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """img minus the constant BGR mean, or minus the mean image resized to img."""
+    """img minus the constant BGR mean (or the mean image resized to img), times Caffe's transform scale."""
     img = _check_image(img, "subtract_mean")
-    return img - pre.mean_for(img.shape[0], img.shape[1])
+    centred = img - pre.mean_for(img.shape[0], img.shape[1])
+    return centred if pre.scale == 1.0 else centred * np.float32(pre.scale)
 
 
 def to_chw_batch(views: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:

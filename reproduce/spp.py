@@ -49,7 +49,9 @@ def _bin_index(a: int, n: int, rule: str) -> Tensor:
     bins = spp_bins(a, n, rule)
     width = max(end - start for start, end in bins)
     rows = [[min(start + j, end - 1) for j in range(width)] for start, end in bins]
-    return torch.tensor(rows, dtype=torch.long)
+    # Cached across calls: an inference-mode tensor here would break every later forward that needs autograd.
+    with torch.inference_mode(False):
+        return torch.tensor(rows, dtype=torch.long)
 
 
 def _max_over_bins(x: Tensor, dim: int, index: Tensor) -> Tensor:

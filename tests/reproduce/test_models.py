@@ -145,14 +145,27 @@ def test_cpu_presets_keep_the_layer_table_with_fewer_channels(name: str) -> None
     assert max(cpu.train_sizes) < max(full.train_sizes)
 
 
-def test_caffe_initialisation_gaussian_weights_and_constant_biases() -> None:
+def test_paper_networks_use_caffe_gaussian_weights_and_constant_biases() -> None:
     torch.manual_seed(0)
-    model = build_model("zf5_cpu")
+    model = build_model("zf5")
     conv2 = model.features.conv2
-    assert abs(conv2.weight.std().item() - 0.01) < 5e-4 and abs(conv2.weight.mean().item()) < 5e-4
+    assert abs(conv2.weight.std().item() - 0.01) < 2e-4 and abs(conv2.weight.mean().item()) < 2e-4
     assert torch.all(model.features.conv1.bias == 0) and torch.all(conv2.bias == 1)
     assert torch.all(model.classifier.fc6.bias == 1) and torch.all(model.classifier.fc7.bias == 1)
     assert torch.all(model.classifier.fc8.bias == 0)
+    assert get_network("zf5").input_scale == 1.0
+
+
+def test_cpu_presets_use_caffe_msra_weights_zero_biases_and_scaled_inputs() -> None:
+    torch.manual_seed(0)
+    model = build_model("zf5_cpu")
+    for name, layer in [*model.features.named_children(), *model.classifier.named_children()]:
+        if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear):
+            fan_in = layer.weight[0].numel()  # in_channels * k * k, or in_features
+            expected = 0.01 if name == "fc8" else math.sqrt(2 / fan_in)
+            assert abs(layer.weight.std().item() / expected - 1) < 0.1, name
+            assert torch.all(layer.bias == 0), name
+    assert get_network("zf5_cpu").input_scale == 1 / 64
 
 
 def test_dropout_half_on_fc6_and_fc7_only_in_training() -> None:

@@ -169,6 +169,12 @@ def test_subtract_constant_mean_defaults_to_128() -> None:
     np.testing.assert_allclose(subtract_mean(img, custom), img - np.array([104.0, 117.0, 123.0]))
 
 
+def test_caffe_scale_multiplies_the_mean_subtracted_values() -> None:
+    img = np.random.default_rng(4).uniform(0, 255, (5, 7, 3)).astype(np.float32)
+    got = subtract_mean(img, Preprocess(mean_bgr=(10.0, 20.0, 30.0), scale=0.25))
+    np.testing.assert_allclose(got, (img - np.array([10.0, 20.0, 30.0])) * 0.25, rtol=1e-6)
+
+
 @pytest.mark.parametrize("layout", ["chw", "hwc"])
 def test_subtract_mean_image_stretched_to_the_array(tmp_path: Path, layout: str) -> None:
     mean_hwc = _image(16, 20)
@@ -203,11 +209,12 @@ def test_preprocess_json_round_trip_and_validation(tmp_path: Path) -> None:
         "short_side": 300,
         "crop": 180,
         "train_crop": "random",
+        "scale": 1.0,
     }
     assert Preprocess.from_json(record) == pre
     assert Preprocess.from_json({}) == Preprocess()
     with pytest.raises(ValueError, match="unknown keys"):
-        Preprocess.from_json({"scale": 1.0})
+        Preprocess.from_json({"scale_factor": 1.0})
     with pytest.raises(ValueError, match="crop <= short_side"):
         Preprocess(short_side=200)
     with pytest.raises(ValueError, match="train_crop"):

@@ -188,3 +188,11 @@ def test_window_on_a_missing_map_raises() -> None:
 
 def test_no_windows_give_an_empty_batch() -> None:
     assert pool_windows(torch.zeros(1, 2, 10, 13), torch.zeros(0, 4, dtype=torch.long)).shape == (0, 100)
+
+
+def test_a_first_call_in_inference_mode_does_not_break_later_training() -> None:
+    with torch.inference_mode():
+        spatial_pyramid_pool(torch.randn(1, 2, 11, 17), LEVELS)
+    x = torch.randn(1, 2, 11, 17, requires_grad=True)
+    spatial_pyramid_pool(x, LEVELS).sum().backward()
+    assert x.grad is not None
