@@ -110,7 +110,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from sppnet.reproduce.evaluate import evaluate
     from sppnet.reproduce.trained import load_model, load_preprocess
 
-    model, pre = load_model(args.run), load_preprocess(args.run)
+    model, pre = load_model(args.run_dir), load_preprocess(args.run_dir)
     images, kept, bad = load_images(builtin_split(args.data, args.split), on_bad="skip")
     for item in bad:
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
@@ -123,6 +123,32 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"{args.mode} size {args.size or '-'}: top-1 error {100 * result.top1_err:.2f}%, "
             f"top-5 error {100 * result.top5_err:.2f}% on {result.n} images"
         )
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from sppnet.reproduce.main_job import ReproduceConfig, reproduce
+
+    changes = {
+        k: v
+        for k, v in {"source": args.source, "seeds": args.seeds, "epochs": args.epochs, "images": args.images}.items()
+        if v is not None
+    }
+    job = ReproduceConfig.quick_run(**changes) if args.quick else ReproduceConfig(**changes)
+    reproduce(job, args.out)
+
+
+def _bench_train(args: argparse.Namespace) -> None:
+    from sppnet.reproduce.bench_train import bench_train, format_rows
+    from sppnet.reproduce.train import TrainConfig, default_preprocess, load_data
+
+    config = TrainConfig(
+        model=args.model,
+        sizes=args.sizes,
+        batch_size=args.batch_size,
+        preprocess=default_preprocess(args.model, args.sizes),
+    )
+    rows = bench_train(config, load_data(args.data, config), args.sizes, args.batches)
+    print(json.dumps([r.to_json() for r in rows]) if args.json else format_rows(rows, args.model))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,13 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(run=_train)
 
     ev = sub.add_parser("evaluate", help="top-1/top-5 error of a trained run")
-    ev.add_argument("run", metavar="RUN")
+    ev.add_argument("run_dir", metavar="RUN")
     ev.add_argument("--data", required=True, metavar="DIR")
     ev.add_argument("--split", default="test")
     ev.add_argument("--mode", choices=["crop", "10view", "full", "multiview"], default="crop")
     ev.add_argument("--size", type=int, default=None, help="crop/10view: resize views to S; full: short side S")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(run=_evaluate)
+
+    rep = sub.add_parser("reproduce", help="the paper's experiment on the built-in data, with a report")
+    rep.add_argument("--quick", action="store_true", help="a smoke run (300 images, 2 epochs, 1 seed)")
+    rep.add_argument("--out", default="artifacts/reproduce", metavar="DIR", help="(artifacts/reproduce)")
+    rep.add_argument("--source", choices=["fashion-mnist", "shapes"], default=None)
+    rep.add_argument("--seeds", type=parse_sizes, default=None, help="training seeds (0,1,2)")
+    rep.add_argument("--epochs", type=int, default=None, help="(20)")
+    rep.add_argument("--images", type=int, default=None, help="built-in dataset size (3000)")
+    rep.set_defaults(run=_reproduce)
 
     bench = sub.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -209,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     spp.add_argument("--repeats", type=int, default=20)
     spp.add_argument("--json", action="store_true")
     spp.set_defaults(run=_bench_spp)
+    bt = bench_sub.add_parser("train", help="training images/s per size, data loading vs compute")
+    bt.add_argument("--data", required=True, metavar="DIR", help="a dataset as `sppnet data make` writes it")
+    bt.add_argument("--model", default="zf5_cpu", metavar="NAME")
+    bt.add_argument("--sizes", type=parse_sizes, default=(112, 90))
+    bt.add_argument("--batch-size", type=int, default=64)
+    bt.add_argument("--batches", type=int, default=8, help="batches timed per part and size (8)")
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(run=_bench_train)
     return parser
 
 

@@ -76,7 +76,8 @@ class GenerationSettings:
         object_scale: side of the object's square box over the short side, log-uniform (every octave as likely).
         strokes: distractor polylines per image, inclusive.
         blobs: soft textured distractor patches per image, inclusive.
-        grain: standard deviation of the per-pixel noise added last, in grey levels.
+        grain: standard deviation of the per-pixel noise added last, in grey levels; off by default because it
+            roughly doubles PNG size and encoding time.
         png_compress_level: zlib level of the PNGs; fixed so the bytes are reproducible.
     """
 
@@ -220,7 +221,13 @@ def size_distribution(records: list[dict[str, Any]]) -> dict[str, dict[str, floa
 
 
 def load_fashion_mnist_split(directory: Path, split: str) -> IdxSplit:
-    """Read and validate one split's idx image and label files (gzip + numpy; no torchvision)."""
+    """Read and validate one split's idx image and label files (gzip + numpy; no torchvision).
+
+    `split` is "train" or "test"; "t10k", the prefix of the test files, is accepted too.
+    """
+    split = "test" if split == "t10k" else split
+    if split not in FASHION_MNIST_FILES:
+        raise ValueError(f"unknown Fashion-MNIST split {split!r}: choose train or test (t10k)")
     images_name, labels_name = FASHION_MNIST_FILES[split]
     images_raw, images_info = _read_gz(Path(directory) / images_name)
     labels_raw, labels_info = _read_gz(Path(directory) / labels_name)
@@ -329,12 +336,9 @@ def _shape_polygons(name: str, rng: np.random.Generator) -> list[tuple[list[tupl
 
     def regular(k: int, radii: tuple[float, ...] = (1.0,)) -> list[tuple[float, float]]:
         m = k * len(radii)
+        angles = [2 * math.pi * j / m for j in range(m)]
         return [
-            (
-                radii[j % len(radii)] * math.cos(2 * math.pi * j / m),
-                radii[j % len(radii)] * math.sin(2 * math.pi * j / m),
-            )
-            for j in range(m)
+            (radii[j % len(radii)] * math.cos(t), radii[j % len(radii)] * math.sin(t)) for j, t in enumerate(angles)
         ]
 
     if name == "circle":
@@ -357,20 +361,8 @@ def _shape_polygons(name: str, rng: np.random.Generator) -> list[tuple[list[tupl
     if name == "cross":
         t = rng.uniform(0.14, 0.3)
         a = math.sqrt(1 - t * t)
-        arms = [
-            (a, -t),
-            (a, t),
-            (t, t),
-            (t, a),
-            (-t, a),
-            (-t, t),
-            (-a, t),
-            (-a, -t),
-            (-t, -t),
-            (-t, -a),
-            (t, -a),
-            (t, -t),
-        ]
+        quarter = ((a, -t), (a, t), (t, t))
+        arms = [(p * c - q * r, p * r + q * c) for c, r in ((1, 0), (0, 1), (-1, 0), (0, -1)) for p, q in quarter]
         return [(placed(arms), 255)]
     if name == "arrow":
         t, h = rng.uniform(0.1, 0.2), rng.uniform(0.45, 0.6)

@@ -70,3 +70,46 @@ def test_the_installed_console_script_runs() -> None:
         check=False,
     )
     assert done.returncode == 0 and "32x6x6" in done.stdout  # 112 -> 54 -> 27 -> 12 -> 6
+
+
+def test_missing_dataset_and_wrong_layout_are_one_line_errors(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    code, _, err = run(
+        capsys,
+        "train",
+        "--model",
+        "zf5_cpu",
+        "--data",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "run"),
+        "--sizes",
+        "64",
+    )
+    assert code == 2 and "Traceback" not in err and str(tmp_path / "nope") in err
+    (tmp_path / "flat").mkdir()
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "flat"))
+    assert code == 2 and "model.json" in err
+
+
+def test_bench_train_reports_data_and_compute_per_size(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    from sppnet.reproduce.builtin_data import make_classification_dataset
+
+    make_classification_dataset(tmp_path / "d", source="shapes", n=100, seed=0)
+    code, out, err = run(
+        capsys,
+        "bench",
+        "train",
+        "--data",
+        str(tmp_path / "d"),
+        "--sizes",
+        "64,48",
+        "--batch-size",
+        "8",
+        "--batches",
+        "2",
+        "--json",
+    )
+    rows = json.loads(out)
+    assert code == 0, err
+    assert [r["size"] for r in rows] == [64, 48]
+    assert all(r["data_s"] > 0 and r["compute_s"] > 0 and r["images_per_s"] > 0 for r in rows)

@@ -1,0 +1,617 @@
+"""The reproduction report: the paper's Tables 2 and 3, the three effects as paired per-seed deltas, plots.
+
+`summarise(results)` turns the results dict of `sppnet reproduce` into the numbers (errors in %, deltas in
+percentage points) that `write_report` saves as report.json and renders as report.md with PNG plots. A delta is
+measured minus reference, so negative means fewer errors: the effect appears. Verdicts never claim more than
+the seeds show (PAPER.md section 6: a reproduction states the deltas it measured).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import write_atomic
+
+FORMAT = 1
+VARIANTS = ("no_spp", "spp_single", "spp_multi")
+SPP_VARIANTS = ("spp_single", "spp_multi")
+LABELS = {"no_spp": "no SPP", "spp_single": "SPP single-size", "spp_multi": "SPP multi-size"}
+SHORT_LABELS = {"no_spp": "no SPP", "spp_single": "SPP single", "spp_multi": "SPP multi"}
+PAPER_NAMES = {"zf5": "ZF-5", "convnet5": "Convnet*-5", "overfeat5": "Overfeat-5", "overfeat7": "Overfeat-7"}
+# The network whose paper numbers stand in when a network has none of its own (PAPER.md section 6 asks for
+# ZF-5's effects).
+FALLBACK_PAPER_NETWORK = "zf5"
+
+# Paper Table 3 (PAPER.md section 6): top-1 error %, (1 center crop, full image), ImageNet 2012 val. The paper
+# gives it for ZF-5 and Overfeat-7 only; models.py holds Table 2.
+PAPER_CROP_VS_FULL: dict[str, dict[str, tuple[float, float]]] = {
+    "zf5": {"spp_single": (38.01, 37.55), "spp_multi": (37.57, 37.07)},
+    "overfeat7": {"spp_single": (33.18, 32.72), "spp_multi": (32.57, 31.25)},
+}
+
+REQUIRED_SETTINGS = ("network", "epochs", "seeds", "quick", "train_sizes", "test_sizes", "preprocess")
+REQUIRED_RUN = ("variant", "seed", "history", "eval")
+FILES = {
+    "markdown": "report.md",
+    "json": "report.json",
+    "test_sizes_plot": "test_sizes.png",
+    "training_curves_plot": "training_curves.png",
+}
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One paired comparison: `measured` minus `reference` top-1 error, seed by seed."""
+
+    key: str
+    title: str
+    metric: str
+    measured: tuple[str, str]  # (variant, eval view: "10view", "crop" or "full")
+    reference: tuple[str, str]
+
+
+EFFECTS = (
+    Effect(
+        "spp_vs_no_spp", "SPP single-size vs no SPP", "10-view top-1", ("spp_single", "10view"), ("no_spp", "10view")
+    ),
+    Effect(
+        "multi_vs_single",
+        "SPP multi-size vs single-size",
+        "10-view top-1",
+        ("spp_multi", "10view"),
+        ("spp_single", "10view"),
+    ),
+    Effect(
+        "full_vs_crop_single",
+        "full image vs 1 crop, SPP single-size",
+        "top-1",
+        ("spp_single", "full"),
+        ("spp_single", "crop"),
+    ),
+    Effect(
+        "full_vs_crop_multi",
+        "full image vs 1 crop, SPP multi-size",
+        "top-1",
+        ("spp_multi", "full"),
+        ("spp_multi", "crop"),
+    ),
+)
+
+
+# --- numbers ------------------------------------------------------------------------------------------------
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """The report's numbers as a JSON-ready dict: per-variant errors (%), Table 3, effects, test sizes, curves.
+
+    Raises ValueError (one line) when a required key is missing, a variant has no runs or a needed evaluation
+    is absent.
+    """
+    settings, runs = _validate(results)
+    views = _views(settings)
+    paper = _paper_reference(str(settings["network"]))
+    per_variant = {v: sorted((r for r in runs if r["variant"] == v), key=lambda r: r["seed"]) for v in VARIANTS}
+
+    # errors[variant][view][top] = {seed: error %}
+    errors: dict[str, dict[str, dict[str, dict[Any, float]]]] = {}
+    variants: dict[str, Any] = {}
+    for variant, vruns in per_variant.items():
+        wanted = ("crop", "10view", "full") if variant in SPP_VARIANTS else ("crop", "10view")
+        errors[variant] = {
+            view: {
+                top: {r["seed"]: 100.0 * _eval(r, view, views[view])[f"{top}_err"] for r in vruns}
+                for top in ("top1", "top5")
+            }
+            for view in wanted
+        }
+        variants[variant] = {
+            "label": LABELS[variant],
+            "seeds": [r["seed"] for r in vruns],
+            "train_sizes": list(settings["train_sizes"].get(variant, [])),
+            "train_seconds": _stat([r["train_seconds"] for r in vruns if r.get("train_seconds") is not None]),
+            **{view: {top: _stat(errors[variant][view][top].values()) for top in ("top1", "top5")} for view in wanted},
+            "paper_10view": paper["table2"][variant],
+        }
+
+    table3 = {
+        variant: {
+            "crop_top1": variants[variant]["crop"]["top1"],
+            "full_top1": variants[variant]["full"]["top1"],
+            "paper_crop_top1": paper["table3"][variant][0],
+            "paper_full_top1": paper["table3"][variant][1],
+        }
+        for variant in SPP_VARIANTS
+    }
+    effects = [_effect(effect, errors, paper) for effect in EFFECTS]
+
+    summary = {
+        "format": FORMAT,
+        "network": settings["network"],
+        "quick": bool(settings["quick"]),
+        "seeds": list(settings["seeds"]),
+        "epochs": settings["epochs"],
+        "crop_size": views["crop"],
+        "full_image_size": views["full"],
+        "paper": {
+            "network": paper["network"],
+            "label": paper["label"],
+            "table3_network": paper["table3_network"],
+            "table3_label": PAPER_NAMES.get(paper["table3_network"] or "", paper["table3_network"]),
+        },
+        "variants": variants,
+        "table3": table3,
+        "effects": effects,
+        "test_sizes": {v: _test_sizes(per_variant[v], views["full"]) for v in SPP_VARIANTS},
+        "curves": {v: _curves(per_variant[v]) for v in VARIANTS},
+        "settings": settings,
+        "timing": results["timing"],
+    }
+    # One JSON round trip: what report.json holds is exactly this (tuples become lists, no NaN slips in).
+    return json.loads(json.dumps(summary, allow_nan=False))
+
+
+def _validate(results: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    if not isinstance(results, dict):
+        raise ValueError(f"results must be a dict, got {type(results).__name__}")
+    for key in ("format", "settings", "runs", "timing"):
+        if key not in results:
+            raise ValueError(f"results: missing key {key!r}")
+    if results["format"] != FORMAT:
+        raise ValueError(f"results: format {results['format']!r} is not supported (this report reads {FORMAT})")
+    settings = results["settings"]
+    for key in REQUIRED_SETTINGS:
+        if key not in settings:
+            raise ValueError(f"results: missing key 'settings.{key}'")
+    if not isinstance(settings["preprocess"], dict) or "short_side" not in settings["preprocess"]:
+        raise ValueError("results: missing key 'settings.preprocess.short_side' (the full-image test size)")
+    if "total_seconds" not in results["timing"]:
+        raise ValueError("results: missing key 'timing.total_seconds'")
+    runs = results["runs"]
+    seen: set[tuple[str, Any]] = set()
+    for i, run in enumerate(runs):
+        for key in REQUIRED_RUN:
+            if key not in run:
+                raise ValueError(f"results: missing key 'runs[{i}].{key}'")
+        if run["variant"] not in VARIANTS:
+            raise ValueError(f"results: runs[{i}] has unknown variant {run['variant']!r}; expected one of {VARIANTS}")
+        if (run["variant"], run["seed"]) in seen:
+            raise ValueError(f"results: two runs of {run['variant']} with seed {run['seed']}")
+        seen.add((run["variant"], run["seed"]))
+    for variant in VARIANTS:
+        if not any(run["variant"] == variant for run in runs):
+            raise ValueError(f"results: no runs of variant {variant!r}")
+    return settings, runs
+
+
+def _views(settings: dict[str, Any]) -> dict[str, int | None]:
+    """Test size of each view: the crop (None: the one crop eval a run has) and the full image's short side."""
+    crop = settings["preprocess"].get("crop")
+    return {"crop": crop, "10view": crop, "full": int(settings["preprocess"]["short_side"])}
+
+
+def _eval(run: dict[str, Any], mode: str, size: int | None) -> dict[str, Any]:
+    entries = [e for e in run["eval"] if e["mode"] == mode and (size is None or e["size"] == size)]
+    where = f"run {run['variant']} seed {run['seed']}"
+    if not entries:
+        at = "" if size is None else f" at size {size}"
+        raise ValueError(f"results: {where} has no {mode!r} evaluation{at}")
+    if len(entries) > 1:
+        raise ValueError(f"results: {where} has {len(entries)} {mode!r} evaluations; set settings.preprocess.crop")
+    return entries[0]
+
+
+def _stat(values: Iterable[float]) -> dict[str, Any] | None:
+    """Mean, sample std (ddof=1; None for one value), min, max, n and the values; None for no values."""
+    values = [float(v) for v in values]
+    if not values:
+        return None
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+        "min": min(values),
+        "max": max(values),
+        "values": values,
+    }
+
+
+def _paper_reference(network: str) -> dict[str, Any]:
+    """Paper Table 2 and 3 numbers for `network`, its parent for a CPU preset, else ZF-5's."""
+    from .models import get_network  # torch loads only when a report is made, not when this module is imported
+
+    name = network
+    try:
+        spec = get_network(network)
+        if spec.paper is None and spec.preset_of is not None:
+            name, spec = spec.preset_of, get_network(spec.preset_of)
+    except ValueError:
+        spec = None
+    if spec is None or spec.paper is None:
+        name, spec = FALLBACK_PAPER_NETWORK, get_network(FALLBACK_PAPER_NETWORK)
+    assert spec.paper is not None
+    table2 = {
+        "no_spp": spec.paper.no_spp,
+        "spp_single": spec.paper.spp_single_size,
+        "spp_multi": spec.paper.spp_multi_size,
+    }
+    table3_network = name if name in PAPER_CROP_VS_FULL else FALLBACK_PAPER_NETWORK
+    return {
+        "network": name,
+        "label": PAPER_NAMES.get(name, name),
+        "table2": {v: {"top1": t1, "top5": t5} for v, (t1, t5) in table2.items()},
+        "table3": PAPER_CROP_VS_FULL[table3_network],
+        "table3_network": table3_network,
+    }
+
+
+def _paper_delta(effect: Effect, paper: dict[str, Any]) -> tuple[float, str]:
+    (mv, mview), (rv, rview) = effect.measured, effect.reference
+    if mview == rview == "10view":
+        a, b = paper["table2"][mv]["top1"], paper["table2"][rv]["top1"]
+        return round(a - b, 2), paper["label"]
+    crop, full = paper["table3"][mv]
+    return round(full - crop, 2), PAPER_NAMES.get(paper["table3_network"], paper["table3_network"])
+
+
+def _effect(effect: Effect, errors: dict[str, Any], paper: dict[str, Any]) -> dict[str, Any]:
+    (mv, mview), (rv, rview) = effect.measured, effect.reference
+    measured, reference = errors[mv][mview]["top1"], errors[rv][rview]["top1"]
+    seeds = [seed for seed in measured if seed in reference]
+    if not seeds:
+        raise ValueError(f"results: no seed has runs of both {mv} and {rv}, so {effect.key} has no paired delta")
+    delta = _stat(measured[seed] - reference[seed] for seed in seeds)
+    assert delta is not None
+    paper_delta, paper_label = _paper_delta(effect, paper)
+    verdict = _verdict(delta["mean"], delta["std"])
+    return {
+        "key": effect.key,
+        "title": effect.title,
+        "metric": effect.metric,
+        "measured": {"variant": mv, "view": mview},
+        "reference": {"variant": rv, "view": rview},
+        "seeds": seeds,
+        "delta": delta,
+        "paper_delta": paper_delta,
+        "paper_network": paper_label,
+        "verdict": verdict,
+        "sentence": _sentence(effect, delta, paper_delta, paper_label, verdict),
+    }
+
+
+def _verdict(mean: float, std: float | None) -> str:
+    """'appears' only if negative and beyond the std of the paired differences (which needs n >= 2)."""
+    if mean >= 0:
+        return "does not appear"
+    if std is not None and -mean > std:
+        return "appears"
+    return "within the spread"
+
+
+def _sentence(effect: Effect, delta: dict[str, Any], paper_delta: float, paper_label: str, verdict: str) -> str:
+    mv, rv = LABELS[effect.measured[0]], LABELS[effect.reference[0]]
+    n = delta["n"]
+    spread = "" if delta["std"] is None else f" ± {delta['std']:.2f}"
+    measured = f"{_num(delta['mean'], signed=True)}{spread} pp over {n} paired seed{'s' if n != 1 else ''}"
+    head = f"{effect.title} ({effect.metric}): {measured} (paper {paper_label}: {paper_delta:+.2f} pp)."
+    if verdict == "appears":
+        why = "the mean delta is negative and larger than the std of the paired differences."
+    elif verdict == "does not appear":
+        why = f"the mean delta is not negative, so {mv} does not have fewer errors than {rv} here."
+        if effect.measured[0] == effect.reference[0]:
+            why = "the mean delta is not negative, so the full image does not have fewer errors than the crop here."
+    elif delta["std"] is None:
+        why = "the delta is negative but one seed has no spread to judge it against, so it is not established."
+    else:
+        why = (
+            f"the delta is negative but no larger than the std of the paired differences ({delta['std']:.2f} pp), "
+            "so these seeds do not establish it."
+        )
+    return f"{head} Verdict: {verdict}; {why}"
+
+
+def _test_sizes(runs: Sequence[dict[str, Any]], full_size: int) -> list[dict[str, Any]]:
+    sizes = sorted({e["size"] for r in runs for e in r["eval"] if e["mode"] == "full"})
+    rows = []
+    for size in sizes:
+        entries = [e for r in runs for e in r["eval"] if e["mode"] == "full" and e["size"] == size]
+        rows.append(
+            {
+                "size": size,
+                "full_image": size == full_size,
+                "top1": _stat(100.0 * e["top1_err"] for e in entries),
+                "top5": _stat(100.0 * e["top5_err"] for e in entries if e.get("top5_err") is not None),
+            }
+        )
+    return rows
+
+
+def _curves(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch: train loss and test top-1 error (%) over seeds; an epoch missing a value in a run skips it."""
+    epochs = sorted({h["epoch"] for r in runs for h in r["history"]})
+    rows = []
+    for epoch in epochs:
+        records = [h for r in runs for h in r["history"] if h["epoch"] == epoch]
+        rows.append(
+            {
+                "epoch": epoch,
+                "sizes": sorted({h["size"] for h in records if h.get("size") is not None}),
+                "train_loss": _stat(h["train_loss"] for h in records if h.get("train_loss") is not None),
+                "test_top1": _stat(100.0 * h["test_top1_err"] for h in records if h.get("test_top1_err") is not None),
+            }
+        )
+    return rows
+
+
+# --- markdown -----------------------------------------------------------------------------------------------
+
+
+def _num(x: float, signed: bool = False) -> str:
+    x = 0.0 if round(x, 2) == 0 else x  # no "-0.00"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def _pm(stat: dict[str, Any] | None, signed: bool = False) -> str:
+    """'mean ± std (n=3)', or 'mean (n=1)' for one seed; 'n/a' for none."""
+    if stat is None:
+        return "n/a"
+    if stat["std"] is None:
+        return f"{_num(stat['mean'], signed)} (n={stat['n']})"
+    return f"{_num(stat['mean'], signed)} ± {stat['std']:.2f} (n={stat['n']})"
+
+
+def _paper(x: float | None, signed: bool = False) -> str:
+    return "n/a" if x is None else _num(x, signed)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    h, rest = divmod(round(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{seconds:.1f} s ({h}h {m:02d}m {s:02d}s)"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """report.md from `summarise`'s output, linking the plots `write_report` saves beside it."""
+    paper, variants, settings = summary["paper"], summary["variants"], summary["settings"]
+    network = summary["network"]
+    lines = [f"# SPP-net reproduction: {network}", ""]
+    if summary["quick"]:
+        lines += [
+            "> **QUICK MODE: a smoke run. These numbers only show that the pipeline runs end to end; they are not "
+            "evidence for or against any effect.**",
+            "",
+        ]
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    lines += [
+        f"Network `{network}`, {summary['epochs']} epochs, seeds {seeds}. Errors are in %, as mean ± sample std "
+        "(ddof=1) over seeds; deltas are in percentage points (pp), measured minus reference, paired seed by "
+        "seed, so a negative delta means fewer errors. Paper numbers are ImageNet 2012 val "
+        f"({paper['label']}; PAPER.md section 6): compare the direction and rough size of the effects, not the "
+        "error levels.",
+        "",
+        "## The three effects",
+        "",
+    ]
+    if summary["quick"]:
+        lines += ["Smoke run: the verdicts below follow the same rule as a full run but say nothing about SPP.", ""]
+    lines += _table(
+        ["effect", "metric", "measured Δ (pp)", "paper Δ (pp)", "verdict"],
+        (
+            [
+                e["title"],
+                e["metric"],
+                _pm(e["delta"], signed=True),
+                f"{e['paper_delta']:+.2f} ({e['paper_network']})",
+                e["verdict"],
+            ]
+            for e in summary["effects"]
+        ),
+    )
+    lines += [""] + [f"- {e['sentence']}" for e in summary["effects"]] + [""]
+
+    lines += [f"## Error rates (as paper Table 2; crop {summary['crop_size'] or 'as evaluated'})", ""]
+    label = paper["label"]
+    lines += _table(
+        [
+            "method",
+            "1-crop top-1",
+            "1-crop top-5",
+            "10-view top-1",
+            "10-view top-5",
+            f"paper {label} 10-view top-1",
+            f"paper {label} 10-view top-5",
+        ],
+        (
+            [
+                LABELS[v],
+                _pm(variants[v]["crop"]["top1"]),
+                _pm(variants[v]["crop"]["top5"]),
+                _pm(variants[v]["10view"]["top1"]),
+                _pm(variants[v]["10view"]["top5"]),
+                _paper(variants[v]["paper_10view"]["top1"]),
+                _paper(variants[v]["paper_10view"]["top5"]),
+            ]
+            for v in VARIANTS
+        ),
+    )
+
+    t3 = paper["table3_label"]
+    lines += [
+        "",
+        f"## Full image vs 1 center crop (as paper Table 3, top-1; full image short side {summary['full_image_size']})",
+        "",
+    ]
+    effects = {e["key"]: e for e in summary["effects"]}
+    lines += _table(
+        ["method", "1 crop", "full image", "Δ (pp)", f"paper {t3} 1 crop", f"paper {t3} full image", "paper Δ (pp)"],
+        (
+            [
+                LABELS[v],
+                _pm(row["crop_top1"]),
+                _pm(row["full_top1"]),
+                _pm(effects[f"full_vs_crop_{v.removeprefix('spp_')}"]["delta"], signed=True),
+                _paper(row["paper_crop_top1"]),
+                _paper(row["paper_full_top1"]),
+                _paper(effects[f"full_vs_crop_{v.removeprefix('spp_')}"]["paper_delta"], signed=True),
+            ]
+            for v, row in summary["table3"].items()
+        ),
+    )
+
+    lines += ["", "## Testing at other sizes (full image, top-1)", ""]
+    sizes = sorted({row["size"] for v in SPP_VARIANTS for row in summary["test_sizes"][v]})
+    by_size = {v: {row["size"]: row for row in summary["test_sizes"][v]} for v in SPP_VARIANTS}
+    lines += _table(
+        ["test size", *(LABELS[v] for v in SPP_VARIANTS), "note"],
+        (
+            [
+                str(size),
+                *(_pm(by_size[v][size]["top1"]) if size in by_size[v] else "n/a" for v in SPP_VARIANTS),
+                _size_note(size, summary),
+            ]
+            for size in sizes
+        ),
+    )
+    lines += [
+        "",
+        f"![top-1 error vs test size]({FILES['test_sizes_plot']})",
+        "",
+        "## Training curves",
+        "",
+        "Mean over seeds per variant, shaded from min to max.",
+        "",
+        f"![training curves]({FILES['training_curves_plot']})",
+        "",
+        "## Settings and timing",
+        "",
+    ]
+    timing = summary["timing"]
+    train_sizes = "; ".join(f"{LABELS[v]} {variants[v]['train_sizes']}" for v in VARIANTS)
+    per_variant_time = "; ".join(f"{LABELS[v]} {_pm(variants[v]['train_seconds'])}" for v in VARIANTS)
+    settings_rows = [
+        ("network", f"`{network}` (paper numbers: {paper['label']}, Table 3: {t3})"),
+        ("quick", "yes (smoke run, not evidence)" if summary["quick"] else "no"),
+        ("epochs", str(summary["epochs"])),
+        ("seeds", seeds),
+        ("train sizes", train_sizes),
+        ("test sizes", ", ".join(str(s) for s in settings["test_sizes"])),
+        ("preprocess", f"`{json.dumps(settings['preprocess'], sort_keys=True)}`"),
+        ("data", f"`{json.dumps(settings.get('data'), sort_keys=True)}`"),
+        ("total time", _duration(timing["total_seconds"])),
+        ("train seconds per run", per_variant_time),
+        ("cpu count", str(timing.get("cpu_count", "n/a"))),
+        ("torch threads", str(timing.get("torch_threads", "n/a"))),
+    ]
+    lines += _table(["setting", "value"], ([k, v.replace("|", "\\|")] for k, v in settings_rows))
+    return "\n".join(lines) + "\n"
+
+
+def _size_note(size: int, summary: dict[str, Any]) -> str:
+    notes = []
+    if size == summary["full_image_size"]:
+        notes.append("full image (Table 3)")
+    trained = [SHORT_LABELS[v] for v in SPP_VARIANTS if size in summary["variants"][v]["train_sizes"]]
+    if trained:
+        notes.append("training size of " + ", ".join(trained))
+    return "; ".join(notes)
+
+
+# --- plots --------------------------------------------------------------------------------------------------
+
+
+def _figure(ncols: int) -> tuple[Any, Any]:
+    # A Figure on its own Agg canvas: no pyplot, no global backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5 * ncols, 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+COLOURS = {"no_spp": "tab:gray", "spp_single": "tab:blue", "spp_multi": "tab:orange"}
+
+
+def plot_test_sizes(summary: dict[str, Any]) -> bytes:
+    """PNG: full-image top-1 error vs test size per SPP variant, mean line and min-max band; training sizes marked."""
+    fig, (ax,) = _figure(1)
+    for v in SPP_VARIANTS:
+        rows = [row for row in summary["test_sizes"][v] if row["top1"] is not None]
+        x = [row["size"] for row in rows]
+        ax.plot(x, [row["top1"]["mean"] for row in rows], marker="o", color=COLOURS[v], label=LABELS[v])
+        ax.fill_between(
+            x, [row["top1"]["min"] for row in rows], [row["top1"]["max"] for row in rows], color=COLOURS[v], alpha=0.2
+        )
+    trained = sorted({s for v in SPP_VARIANTS for s in summary["variants"][v]["train_sizes"]})
+    for i, size in enumerate(trained):
+        ax.axvline(size, color="k", linestyle=":", linewidth=1, label="training size" if i == 0 else None)
+    ax.axvline(summary["full_image_size"], color="tab:green", linestyle="--", linewidth=1, label="full image (Table 3)")
+    ax.set_xlabel("test size (short side)")
+    ax.set_ylabel("top-1 error (%)")
+    ax.set_title(f"{summary['network']}: full-image top-1 error vs test size")
+    ax.legend()
+    return _png(fig)
+
+
+def plot_training_curves(summary: dict[str, Any]) -> bytes:
+    """PNG: train loss and test top-1 error per epoch, mean over seeds per variant, min-max shaded."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = _figure(2)
+    for ax, key, ylabel in zip(axes, ("train_loss", "test_top1"), ("train loss", "test top-1 error (%)"), strict=True):
+        for v in VARIANTS:
+            rows = [row for row in summary["curves"][v] if row[key] is not None]
+            x = [row["epoch"] for row in rows]
+            ax.plot(x, [row[key]["mean"] for row in rows], color=COLOURS[v], label=LABELS[v])
+            ax.fill_between(
+                x, [row[key]["min"] for row in rows], [row[key]["max"] for row in rows], color=COLOURS[v], alpha=0.2
+            )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+    fig.suptitle(f"{summary['network']}: training curves")
+    return _png(fig)
+
+
+# --- files --------------------------------------------------------------------------------------------------
+
+
+def write_report(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write report.md, report.json and the two PNG plots into `out_dir`; returns {kind: path}.
+
+    Everything is computed before the first file is written, so invalid results leave `out_dir` untouched.
+    """
+    summary = summarise(results)
+    contents: dict[str, Callable[[], bytes]] = {
+        "json": lambda: (json.dumps(summary, indent=1, allow_nan=False) + "\n").encode(),
+        "markdown": lambda: render_markdown(summary).encode(),
+        "test_sizes_plot": lambda: plot_test_sizes(summary),
+        "training_curves_plot": lambda: plot_training_curves(summary),
+    }
+    data = {kind: make() for kind, make in contents.items()}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for kind, blob in data.items():
+        paths[kind] = out_dir / FILES[kind]
+        write_atomic(paths[kind], blob)
+    return paths
