@@ -45,7 +45,12 @@ def bench_train(config: TrainConfig, data: TrainData, sizes: Sequence[int], batc
     """Time `batches` batches of data making, training steps and both pipelined, at each size."""
     torch.manual_seed(config.seed)
     model = build_model(
-        config.model, spp=config.spp, num_classes=len(data.classes), levels=config.levels, rule=config.rule
+        config.model,
+        spp=config.spp,
+        num_classes=len(data.classes),
+        levels=config.levels,
+        rule=config.rule,
+        input_size=None if config.spp else config.sizes[0],
     ).train()
     optimizer = build_solver(model, config.solver)
 

@@ -313,6 +313,7 @@ class ModelConfig:
     rule: str = "adaptive"
     dropout: float = 0.5
     init_std: float = 0.01
+    input_size: int | None = None  # the no-SPP baseline's one input size (its fc6 depends on it); default the spec's
 
 
 class BaselinePool(nn.Module):
@@ -348,7 +349,8 @@ class SPPNet(nn.Module):
         if config.spp:
             self.pool: SpatialPyramidPooling | BaselinePool = SpatialPyramidPooling(config.levels, config.rule)
         else:
-            _, h, _ = feature_sizes(spec, spec.input_size, spec.input_size)[-1]
+            size = config.input_size or spec.input_size
+            _, h, _ = feature_sizes(spec, size, size)[-1]
             grid = spec.baseline_pool.out_size(h)
             self.pool = BaselinePool(spec.baseline_pool, grid)
         fc = spec.fc_width
@@ -397,11 +399,12 @@ def build_model(
     rule: str = "adaptive",
     dropout: float = 0.5,
     init_std: float = 0.01,
+    input_size: int | None = None,
 ) -> SPPNet:
     """One of the registered networks with an SPP head (or the no-SPP baseline), Caffe-initialised."""
     spec = get_network(name)
     check_rule(rule)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1; got {num_classes}")
-    config = ModelConfig(name, spp, num_classes, check_levels(levels), rule, dropout, init_std)
+    config = ModelConfig(name, spp, num_classes, check_levels(levels), rule, dropout, init_std, input_size)
     return SPPNet(spec, config)

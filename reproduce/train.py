@@ -273,6 +273,7 @@ def train(
         rule=config.rule,
         dropout=config.dropout,
         init_std=config.init_std,
+        input_size=None if config.spp else config.sizes[0],
     )
     optimizer = build_solver(model, config.solver)
     start = _resume_point(run_dir, config, model, optimizer) if resume else 0

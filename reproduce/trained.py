@@ -75,6 +75,7 @@ def load_model(run_dir: str | os.PathLike[str]) -> SPPNet:
         levels=config["levels"],
         rule=config["rule"],
         dropout=config["dropout"],
+        input_size=config.get("input_size"),
     )
     path = Path(run_dir) / info["weights"]["file"]
     try:

@@ -182,3 +182,14 @@ def test_two_process_data_parallel_training_matches_one_process(data_dir: Path, 
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-4, worst  # gradients summed in another order: float32 rounding only
     print(f"2-process vs 1-process max weight difference: {worst:.2e}")
+
+
+@pytest.mark.parametrize("name", ["zf5_cpu", "convnet5_cpu", "overfeat5_cpu", "overfeat7_cpu"])
+def test_every_cpu_preset_trains_multi_size_and_with_no_spp(name: str, data_dir: Path, tmp_path: Path) -> None:
+    pre = default_preprocess(name, SIZES)
+    history = train(config(model=name, epochs=2, preprocess=pre), data_dir, tmp_path / "spp", log=lambda _: None)
+    assert [row["size"] for row in history] == [64, 48]
+    assert all(np.isfinite(row["train_loss"]) for row in history)
+    baseline = config(model=name, spp=False, sizes=(64,), epochs=1, preprocess=pre)
+    train(baseline, data_dir, tmp_path / "nospp", log=lambda _: None)
+    assert read_model_info(tmp_path / "nospp")["model"]["spp"] is False
