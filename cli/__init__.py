@@ -24,15 +24,24 @@ def parse_size(text: str) -> tuple[int, int]:
     return (sizes[0], sizes[-1])
 
 
+def _int_list(text: str, what: str, example: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} are not comma-separated integers >= 1 (e.g. {example})")
+    return values
+
+
 def parse_levels(text: str) -> tuple[int, ...]:
     """'6,3,2,1' -> (6, 3, 2, 1)."""
-    try:
-        levels = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        levels = ()
-    if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError(f"levels {text!r} are not comma-separated bin counts >= 1 (e.g. 6,3,2,1)")
-    return levels
+    return _int_list(text, "levels", "6,3,2,1")
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """'224,180' -> (224, 180)."""
+    return _int_list(text, "sizes", "224,180")
 
 
 def _describe(args: argparse.Namespace) -> None:
@@ -56,17 +65,6 @@ def _bench_spp(args: argparse.Namespace) -> None:
         print(json.dumps([r.to_json() for r in rows]))
     else:
         print(format_rows(rows, args.batch, args.channels, args.levels))
-
-
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """'224,180' -> (224, 180)."""
-    try:
-        sizes = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"sizes {text!r} are not comma-separated pixels (e.g. 224,180)")
-    return sizes
 
 
 def _data_make(args: argparse.Namespace) -> None:

@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .models import build_model
 from .solver import build_solver
-from .train import Context, TrainConfig, TrainData, _batches, _prefetch
+from .train import Context, TrainConfig, TrainData, _batches, _prefetch, build_for
 
 
 @dataclass(frozen=True)
@@ -44,14 +43,7 @@ class TrainBenchRow:
 def bench_train(config: TrainConfig, data: TrainData, sizes: Sequence[int], batches: int = 8) -> list[TrainBenchRow]:
     """Time `batches` batches of data making, training steps and both pipelined, at each size."""
     torch.manual_seed(config.seed)
-    model = build_model(
-        config.model,
-        spp=config.spp,
-        num_classes=len(data.classes),
-        levels=config.levels,
-        rule=config.rule,
-        input_size=None if config.spp else config.sizes[0],
-    ).train()
+    model = build_for(config, len(data.classes)).train()
     optimizer = build_solver(model, config.solver)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint, write_atomic
 from .datasets import builtin_split, load_images
 from .evaluate import evaluate
-from .models import build_model, feature_sizes, get_network
+from .models import SPPNet, build_model, feature_sizes, get_network
 from .preprocess import Preprocess, to_chw_batch, train_view
 from .solver import SolverConfig, build_solver, set_epoch_lr
 from .spp import DEFAULT_LEVELS
@@ -244,6 +244,20 @@ def _resume_point(run_dir: Path, config: TrainConfig, model: nn.Module, optimize
     return int(load_checkpoint(directory, model, optimizer).state["epoch"]) + 1
 
 
+def build_for(config: TrainConfig, num_classes: int) -> SPPNet:
+    """The network a TrainConfig trains (the no-SPP baseline sized for its one training size)."""
+    return build_model(
+        config.model,
+        spp=config.spp,
+        num_classes=num_classes,
+        levels=config.levels,
+        rule=config.rule,
+        dropout=config.dropout,
+        init_std=config.init_std,
+        input_size=None if config.spp else config.sizes[0],
+    )
+
+
 def train(
     config: TrainConfig,
     data_dir: str | os.PathLike[str],
@@ -265,16 +279,7 @@ def train(
     if len(data.train_images) < config.batch_size:
         raise ValueError(f"{len(data.train_images)} training images are fewer than one batch of {config.batch_size}")
     torch.manual_seed(config.seed)
-    model = build_model(
-        config.model,
-        spp=config.spp,
-        num_classes=len(data.classes),
-        levels=config.levels,
-        rule=config.rule,
-        dropout=config.dropout,
-        init_std=config.init_std,
-        input_size=None if config.spp else config.sizes[0],
-    )
+    model = build_for(config, len(data.classes))
     optimizer = build_solver(model, config.solver)
     start = _resume_point(run_dir, config, model, optimizer) if resume else 0
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
