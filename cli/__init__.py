@@ -118,7 +118,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(json.dumps(result.to_json()))
     else:
         print(
-            f"{args.mode} size {args.size or '-'}: top-1 error {100 * result.top1_err:.2f}%, "
+            f"{args.mode} at {result.size or 'scales ' + ','.join(map(str, result.scales))}: "
+            f"top-1 error {100 * result.top1_err:.2f}%, "
             f"top-5 error {100 * result.top5_err:.2f}% on {result.n} images"
         )
 
