@@ -132,14 +132,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_directory(path.parent)
 
 
-def _sha256(data: bytes) -> str:
+def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def _write_tensors(directory: Path, stem: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
     """Save `tensors` as `<stem>-<sha>.safetensors`; returns (file name, sha256)."""
     data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    digest = _sha256(data)
+    digest = sha256(data)
     name = f"{stem}-{digest[:16]}.safetensors"
     write_atomic(directory / name, data)
     return name, digest
@@ -236,40 +236,51 @@ def save_checkpoint(
 # --- load ---------------------------------------------------------------------------------------------------
 
 
+def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object file, or a one-line ValueError naming `what`, the path and `fix`."""
+    if not path.is_file():
+        raise ValueError(f"no {what} at {path}: {fix}")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} {path} is unreadable ({e}): {fix}") from e
+    if not isinstance(record, dict):
+        raise ValueError(f"{what} {path} is not a JSON object: {fix}")
+    return record
+
+
 def read_checkpoint_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The checkpoint's JSON (network, configs, state, rng, file hashes) without reading any tensor."""
     path = Path(directory) / STATE_FILE
-    if not path.is_file():
-        raise ValueError(f"no checkpoint at {path}: pass a directory written by save_checkpoint")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"checkpoint {path} is unreadable ({e}): restore it from another checkpoint") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    meta = read_json(path, "checkpoint", "pass a directory written by save_checkpoint")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(
             f"{path} is not an {FORMAT} version {VERSION} file: pass a directory written by save_checkpoint"
         )
     return meta
 
 
-def _read_tensors(directory: Path, entry: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Read a tensor file named in the JSON, checking its sha256 first."""
+def read_tensors(
+    directory: Path,
+    entry: dict[str, str],
+    fix: str = "the checkpoint is damaged; restore it from another checkpoint or re-save it",
+) -> dict[str, torch.Tensor]:
+    """Read a safetensors file named in a JSON entry {"file", "sha256"}, checking its sha256 first; never pickle."""
     path = directory / entry["file"]
-    fix = "the checkpoint is damaged; restore it from another checkpoint or re-save it"
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"checkpoint file {path} cannot be read ({e.strerror}): {fix}") from e
-    digest = _sha256(data)
+        raise ValueError(f"tensor file {path} cannot be read ({e.strerror}): {fix}") from e
+    digest = sha256(data)
     if digest != entry["sha256"]:
         raise ValueError(
-            f"checkpoint file {path} is corrupt or truncated: its sha256 {digest[:16]}... does not match "
-            f"{entry['sha256'][:16]}... recorded in {STATE_FILE}; {fix}"
+            f"tensor file {path} is corrupt or truncated: its sha256 {digest[:16]}... does not match "
+            f"{entry['sha256'][:16]}... recorded beside it; {fix}"
         )
     return load_safetensors(data)
 
 
-def _check_fits(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path, made_for: str) -> None:
+def check_fits(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path, made_for: str) -> None:
     """Raise naming the first key that is missing, unexpected or of another shape in `found`."""
     for key, tensor in expected.items():
         if key not in found:
@@ -285,9 +296,7 @@ def _check_fits(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
         if not unexpected:
             return
         problem = f"{unexpected[0]} is in the checkpoint but not in the model"
-    raise ValueError(
-        f"checkpoint {path} does not fit this model{made_for}: {problem}; build the model it was saved from"
-    )
+    raise ValueError(f"{path} does not fit this model{made_for}: {problem}; build the model it was saved from")
 
 
 def _optimizer_state_dict(meta: dict[str, Any], tensors: dict[str, torch.Tensor], names: list[str]) -> dict[str, Any]:
@@ -318,10 +327,10 @@ def load_checkpoint(
     meta = read_checkpoint_meta(directory)
     path = directory / STATE_FILE
     network = meta.get("network")
-    weights = _read_tensors(directory, meta["files"]["model"])
+    weights = read_tensors(directory, meta["files"]["model"])
     here = _network_name(model)
     made_for = f" (it was made for network {network!r}, this model is {here!r})" if network else ""
-    _check_fits(model.state_dict(), weights, path, made_for)
+    check_fits(model.state_dict(), weights, path, made_for)
     optimizer_state = None
     if optimizer is not None:
         if "solver" not in meta["files"]:
@@ -340,7 +349,7 @@ def load_checkpoint(
         sizes = [len(group["params"]) for group in optimizer.param_groups]
         if sizes != [len(group["params"]) for group in saved["param_groups"]]:
             raise ValueError(f"checkpoint {path} has param groups of other sizes: build the optimizer the same way")
-        solver_tensors = _read_tensors(directory, meta["files"]["solver"])
+        solver_tensors = read_tensors(directory, meta["files"]["solver"])
         params = dict(model.named_parameters())
         for key, tensor in solver_tensors.items():
             name = key.rpartition("/")[0]

@@ -125,17 +125,17 @@ class TrainData:
 
 def load_data(data_dir: str | os.PathLike[str], config: TrainConfig, log: Callable[[str], None] = print) -> TrainData:
     """Read DIR/train and DIR/test (ImageFolder layout); bad images are reported and skipped or rejected."""
-    splits = {}
-    bad: list[str] = []
+    decoded, bad = {}, []
     for split in ("train", "test"):
-        images = builtin_split(data_dir, split)
-        arrays, kept, rejected = load_images(images, min_side=config.min_side, on_bad=config.on_bad)
-        bad += [f"{b.path}: {b.reason}" for b in rejected]
-        splits[split] = (images.classes, arrays, np.array([s.label for s in kept.samples], dtype=np.int64))
+        arrays, kept, rejected = load_images(
+            builtin_split(data_dir, split), min_side=config.min_side, on_bad=config.on_bad
+        )
+        decoded[split] = (arrays, np.array([s.label for s in kept.samples], dtype=np.int64), kept.classes)
+        bad += [str(b) for b in rejected]
     for line in bad:
         log(f"skipped {line}")
-    classes = splits["train"][0]
-    return TrainData(classes, splits["train"][1], splits["train"][2], splits["test"][1], splits["test"][2], bad)
+    (train_images, train_labels, classes), (test_images, test_labels, _) = decoded["train"], decoded["test"]
+    return TrainData(classes, train_images, train_labels, test_images, test_labels, bad)
 
 
 def _batches(data: TrainData, config: TrainConfig, ctx: Context, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -222,18 +222,13 @@ def train_epoch(
     }
 
 
-def _read_metrics(path: Path, before_epoch: int) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if row["epoch"] < before_epoch]
-
-
-def _resume_point(run_dir: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Load the last finished epoch's checkpoint; the next epoch to run (0 when there is none)."""
+def _resume_point(
+    run_dir: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load the last finished epoch's checkpoint: the next epoch to run and the metrics so far (0, [] if none)."""
     directory = run_dir / CHECKPOINT_DIR
     if not (directory / "checkpoint.json").exists():
-        return 0
+        return 0, []
     saved = read_checkpoint_meta(directory)["state"]["config"]
     if saved != config.to_json():
         changed = sorted(k for k in saved if saved.get(k) != config.to_json().get(k))
@@ -241,7 +236,8 @@ def _resume_point(run_dir: Path, config: TrainConfig, model: nn.Module, optimize
             f"--resume with different settings than {run_dir} was started with ({', '.join(changed)}): "
             "resume with the same options, or train into a new --out"
         )
-    return int(load_checkpoint(directory, model, optimizer).state["epoch"]) + 1
+    state = load_checkpoint(directory, model, optimizer).state
+    return int(state["epoch"]) + 1, list(state["history"])
 
 
 def build_for(config: TrainConfig, num_classes: int) -> SPPNet:
@@ -281,9 +277,8 @@ def train(
     torch.manual_seed(config.seed)
     model = build_for(config, len(data.classes))
     optimizer = build_solver(model, config.solver)
-    start = _resume_point(run_dir, config, model, optimizer) if resume else 0
+    start, history = _resume_point(run_dir, config, model, optimizer) if resume else (0, [])
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
-    history = _read_metrics(run_dir / METRICS_FILE, start) if resume else []
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
         lr = set_epoch_lr(optimizer, config.solver, epoch)
@@ -297,7 +292,7 @@ def train(
                 "seconds": time.perf_counter() - began,
             }
             history.append(row)
-            state = {"epoch": epoch, "config": config.to_json(), "classes": data.classes}
+            state = {"epoch": epoch, "config": config.to_json(), "classes": data.classes, "history": history}
             save_checkpoint(run_dir / CHECKPOINT_DIR, model, optimizer, state)
             text = "".join(json.dumps(r) + "\n" for r in history)
             write_atomic(run_dir / METRICS_FILE, text.encode())

@@ -4,23 +4,22 @@ preprocessing), which export, evaluation and the runtime read back with `load_mo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .checkpoint import write_atomic
+from .checkpoint import check_fits, read_json, read_tensors, sha256, write_atomic
 from .models import SPPNet, build_model
 from .preprocess import Preprocess
 
 MODEL_FILE = "model.safetensors"
 INFO_FILE = "model.json"
 FORMAT = "sppnet-model"
+REQUIRED = ("model", "classes", "preprocess", "weights")
 
 
 def save_trained(
@@ -43,7 +42,7 @@ def save_trained(
         "model": asdict(model.config),
         "classes": list(classes),
         "preprocess": preprocess.to_json(),
-        "weights": {"file": MODEL_FILE, "sha256": hashlib.sha256(data).hexdigest()},
+        "weights": {"file": MODEL_FILE, "sha256": sha256(data)},
         "train": train or {},
     }
     write_atomic(run_dir / INFO_FILE, (json.dumps(info, indent=1) + "\n").encode())
@@ -53,14 +52,12 @@ def save_trained(
 def read_model_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """`RUN/model.json`, checked for its format; ValueError naming the path and the fix otherwise."""
     path = Path(run_dir) / INFO_FILE
-    if not path.is_file():
-        raise ValueError(f"{path} not found: pass a run directory written by `sppnet train`")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not readable JSON ({err}): retrain or restore the run") from err
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
+    info = read_json(path, "model description", "pass a run directory written by `sppnet train`")
+    if info.get("format") != FORMAT:
         raise ValueError(f"{path} is not an sppnet model description: pass a run directory of `sppnet train`")
+    missing = [key for key in REQUIRED if not isinstance(info.get(key), dict | list)]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: the file is damaged; retrain or restore the run")
     return info
 
 
@@ -77,17 +74,8 @@ def load_model(run_dir: str | os.PathLike[str]) -> SPPNet:
         dropout=config["dropout"],
         input_size=config.get("input_size"),
     )
-    path = Path(run_dir) / info["weights"]["file"]
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"{path} is missing or unreadable ({err}): retrain or restore the run") from err
-    if hashlib.sha256(data).hexdigest() != info["weights"]["sha256"]:
-        raise ValueError(f"{path} does not match the sha256 in model.json (truncated or replaced): retrain the run")
-    weights = load_safetensors(data)
-    expected = model.state_dict()
-    if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in expected):
-        raise ValueError(f"{path} does not fit {config['name']} as model.json describes it: retrain the run")
+    weights = read_tensors(Path(run_dir), info["weights"], fix="retrain the run or restore it")
+    check_fits(model.state_dict(), weights, Path(run_dir) / MODEL_FILE, f" ({config['name']} as model.json says)")
     model.load_state_dict(weights)
     return model.eval()
 

@@ -27,7 +27,7 @@ def test_describe_zf5_prints_conv5_13_at_224_and_10_at_180(
     code, out, _ = run(capsys, "describe", "zf5", "--size", size)
     assert code == 0
     conv5_row = next(line for line in out.splitlines() if line.startswith("conv5"))
-    assert conv5 in conv5_row and "884,992" in conv5_row  # 384*256*9 + 256
+    assert conv5 in conv5_row and f"{384 * 256 * 3 * 3 + 256:,}" in conv5_row  # conv4 -> conv5, 3x3, + biases
     assert "12800" in next(line for line in out.splitlines() if line.startswith("spp"))
 
 

@@ -110,6 +110,13 @@ def test_the_run_directory_holds_weights_description_metrics_and_a_loadable_mode
     (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes()[:-10])
     with pytest.raises(ValueError, match="sha256"):
         load_model(run)
+    info_text = (run / "model.json").read_text()
+    (run / "model.json").write_text(json.dumps({"format": "sppnet-model"}))
+    with pytest.raises(ValueError, match="lacks model, classes, preprocess, weights"):
+        load_model(run)
+    (run / "model.json").write_text(info_text[: len(info_text) // 2])
+    with pytest.raises(ValueError, match="unreadable"):
+        load_model(run)
 
 
 def test_bad_images_are_reported_and_skipped_or_stop_the_run(data_dir: Path, tmp_path: Path) -> None:
