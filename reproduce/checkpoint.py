@@ -9,12 +9,9 @@ match it, even if a save into the same directory dies half way. Files no longer 
 from __future__ import annotations
 
 import base64
-import contextlib
-import hashlib
 import json
 import os
 import random
-import secrets
 from dataclasses import asdict, dataclass, field, is_dataclass
 from itertools import zip_longest
 from pathlib import Path
@@ -25,6 +22,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
+
+from .atomic import read_json, sha256, write_atomic
 
 FORMAT = "sppnet-checkpoint"
 VERSION = 1
@@ -96,44 +95,6 @@ def restore_rng(rng: dict[str, Any], numpy_rng: np.random.Generator | None = Non
         if saved_kind != kind:
             raise ValueError(f"the saved numpy state is for a {saved_kind} generator, not {kind}: pass a {saved_kind}")
         numpy_rng.bit_generator.state = rng["numpy"]
-
-
-# --- atomic files -------------------------------------------------------------------------------------------
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform (Windows), where it is skipped.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a fsynced temporary file in the same directory and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _write_tensors(directory: Path, stem: str, tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
@@ -234,19 +195,6 @@ def save_checkpoint(
 
 
 # --- load ---------------------------------------------------------------------------------------------------
-
-
-def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
-    """A JSON object file, or a one-line ValueError naming `what`, the path and `fix`."""
-    if not path.is_file():
-        raise ValueError(f"no {what} at {path}: {fix}")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{what} {path} is unreadable ({e}): {fix}") from e
-    if not isinstance(record, dict):
-        raise ValueError(f"{what} {path} is not a JSON object: {fix}")
-    return record
 
 
 def read_checkpoint_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,0 +1,169 @@
+"""`export_onnx`: one model per scale and a dynamic model in two SPP forms, fp32 and fp16, checked, hashed in a
+manifest, and equal to PyTorch in ONNX Runtime within stated tolerances; bad input is refused before anything is
+written, and an interrupted export leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import sppnet.export.onnx_export as onnx_export
+from sppnet.export.manifest import ONNX_FORMAT, ManifestError, read_manifest
+from sppnet.export.onnx_export import ExportConfig, export_onnx, source_from_run, source_untrained
+from sppnet.export.onnx_model import check_onnx
+from sppnet.export.parity import TOLERANCE, check_export, format_summary, onnx_session, summarise
+from sppnet.reproduce.models import build_model
+from sppnet.reproduce.trained import load_model
+
+from .conftest import EXPORT
+
+
+def test_the_manifest_lists_every_file_with_kind_scale_precision_form_and_a_verified_hash(onnx_dir: Path) -> None:
+    manifest = read_manifest(onnx_dir, ONNX_FORMAT)  # verifies every sha256
+    listed = {(f["kind"], tuple(f["scale"] or ()), f["precision"], f["spp_form"]) for f in manifest["files"]}
+    fixed = {("fixed", s, p, "static") for s in EXPORT.scales for p in ("fp32", "fp16")}
+    dynamic = {("dynamic", (), p, form) for p in ("fp32", "fp16") for form in ("decomposed", "plugin")}
+    assert listed == fixed | dynamic
+    assert manifest["network"] == "zf5_cpu" and manifest["spp"] == {
+        "levels": [6, 3, 2, 1],
+        "rule": "adaptive",
+        "enabled": True,
+    }
+    assert manifest["sizes"]["min"] == 39 and manifest["sizes"]["max"] == 224
+    assert manifest["weights"]["trained"] is True and len(manifest["classes"]) == manifest["output"]["classes"]
+    assert sorted(p.name for p in onnx_dir.iterdir()) == sorted(
+        [f["file"] for f in manifest["files"]] + ["manifest.json"]
+    )
+
+
+def test_every_file_passes_the_checker_and_shape_inference_with_the_right_io(onnx_dir: Path) -> None:
+    manifest = read_manifest(onnx_dir, ONNX_FORMAT)
+    classes = manifest["output"]["classes"]
+    for entry in manifest["files"]:
+        model = onnx.load(onnx_dir / entry["file"])
+        assert check_onnx(model, custom_op=entry["spp_form"] == "plugin")["output"] == ["batch", classes]
+        dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == ["batch", 3, *(entry["scale"] or ["height", "width"])]
+        weights = [t for t in model.graph.initializer if t.name.endswith(".weight")]
+        want = onnx.TensorProto.FLOAT16 if entry["precision"] == "fp16" else onnx.TensorProto.FLOAT
+        assert {t.data_type for t in weights} == {want}, entry["file"]
+        ops = {n.op_type for n in model.graph.node}
+        assert ("SpatialPyramidPooling" in ops) == (entry["spp_form"] == "plugin")
+
+
+def test_onnx_runtime_equals_pytorch_for_every_fixed_model_and_the_dynamic_model_at_50_sizes(
+    onnx_dir: Path, trained_run: Path
+) -> None:
+    rows = check_export(load_model(trained_run), onnx_dir, dynamic_count=50, batch=4)
+    summary = summarise(rows)
+    print("\n" + format_summary(summary))
+    by_file = {s["file"]: s for s in summary}
+    assert len(by_file) == 8  # the plugin form needs TensorRT
+    for s in summary:
+        assert s["ok"], s
+        assert s["max_rel"] <= TOLERANCE[s["precision"]]
+        if "dynamic" in s["file"]:
+            assert s["sizes"] >= 50
+    sizes = {r.size for r in rows if "dynamic" in r.file}
+    assert (39, 224) in sizes and (224, 39) in sizes  # the extreme aspect ratios at the range's ends
+    assert any(h % 16 and w % 16 for h, w in sizes)  # sizes off the feature stride
+    assert all(s["top1_agree"] == 1.0 for s in summary if s["precision"] == "fp32")
+    assert all(s["top1_agree"] >= 0.9 for s in summary if s["precision"] == "fp16")
+
+
+def test_a_fixed_model_takes_any_batch(onnx_dir: Path) -> None:
+    session = onnx_session(onnx_dir / "zf5_cpu_90x90_fp32.onnx")
+    for batch in (1, 3, 8):
+        assert session.run(None, {"image": np.zeros((batch, 3, 90, 90), np.float32)})[0].shape[0] == batch
+
+
+def test_untrained_networks_export_with_their_seed_and_weights_hash(tmp_path: Path) -> None:
+    src = source_untrained("convnet5_cpu", num_classes=7, seed=3)
+    assert torch.equal(
+        src.model.features.conv1.weight,
+        source_untrained("convnet5_cpu", num_classes=7, seed=3).model.features.conv1.weight,
+    )
+    manifest = json.loads(
+        export_onnx(src, tmp_path, ExportConfig(scales=((96, 96),), dynamic=False, precisions=("fp32",))).read_text()
+    )
+    assert manifest["weights"]["trained"] is False and manifest["weights"]["seed"] == 3
+    assert [f["file"] for f in manifest["files"]] == ["convnet5_cpu_96x96_fp32.onnx"]
+
+
+def test_a_run_of_another_network_is_refused_with_the_networks_name(trained_run: Path) -> None:
+    with pytest.raises(ValueError, match="holds a zf5_cpu model, not zf5: pass --network zf5_cpu"):
+        source_from_run(trained_run, network="zf5")
+
+
+def test_weights_that_do_not_fit_the_described_network_are_refused(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    info = json.loads((run / "model.json").read_text())
+    info["network"] = info["model"]["name"] = "convnet5_cpu"
+    (run / "model.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        source_from_run(run)
+
+
+def test_a_scale_too_small_for_the_network_is_refused_before_any_file_is_written(tmp_path: Path) -> None:
+    src = source_untrained("zf5_cpu", num_classes=3)
+    with pytest.raises(ValueError, match=r"too small for zf5_cpu.*give at least 39x39"):
+        export_onnx(src, tmp_path / "out", ExportConfig(scales=((112, 112), (30, 30))))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_scale_the_rule_cannot_bin_is_refused_naming_the_scale(tmp_path: Path) -> None:
+    src = onnx_export.ExportSource(build_model("zf5_cpu", num_classes=3, rule="window"), ["a", "b", "c"], {})
+    with pytest.raises(ValueError, match=r"scale 180x180 \(conv5 10x10\).*window rule"):
+        export_onnx(src, tmp_path, ExportConfig(scales=((180, 180),)))
+
+
+def test_the_no_spp_baseline_exports_at_its_size_only(tmp_path: Path) -> None:
+    src = onnx_export.ExportSource(build_model("zf5_cpu", spp=False, num_classes=3), ["a", "b", "c"], {})
+    with pytest.raises(ValueError, match="--no-dynamic"):
+        export_onnx(src, tmp_path, ExportConfig(scales=((112, 112),)))
+    with pytest.raises(ValueError, match="takes 112x112 only"):
+        export_onnx(src, tmp_path, ExportConfig(scales=((90, 90),), dynamic=False))
+    export_onnx(src, tmp_path, ExportConfig(scales=((112, 112),), dynamic=False, precisions=("fp32",)))
+    x = np.random.default_rng(0).normal(size=(2, 3, 112, 112)).astype(np.float32)
+    want = src.model.eval()(torch.from_numpy(x)).detach().numpy()
+    got = onnx_session(tmp_path / "zf5_cpu_112x112_fp32.onnx").run(None, {"image": x})[0]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_an_interrupted_export_leaves_no_partial_file_and_no_manifest(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    real = onnx_export.model_to_onnx
+
+    def interrupted(*args: object, **kwargs: object) -> onnx.ModelProto:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "model_to_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(source_untrained("zf5_cpu", num_classes=3), tmp_path, ExportConfig(scales=((112, 112),)))
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["zf5_cpu_112x112_fp16.onnx", "zf5_cpu_112x112_fp32.onnx"]  # whole files only, no manifest
+    for name in files:
+        onnx.checker.check_model(onnx.load(tmp_path / name))
+
+
+def test_a_changed_or_truncated_file_is_refused_with_the_re_export_hint(onnx_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(onnx_dir, copy)
+    path = copy / "zf5_cpu_90x90_fp32.onnx"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ManifestError, match=r"zf5_cpu_90x90_fp32.onnx does not match its manifest.*sppnet export"):
+        read_manifest(copy, ONNX_FORMAT)
+    path.unlink()
+    with pytest.raises(ManifestError, match=r"listed in .* but missing"):
+        read_manifest(copy, ONNX_FORMAT)
