@@ -133,7 +133,18 @@ def _reproduce(args: argparse.Namespace) -> None:
         if v is not None
     }
     job = ReproduceConfig.quick_run(**changes) if args.quick else ReproduceConfig(**changes)
-    reproduce(job, args.out)
+    results = reproduce(job, args.out)
+    _deploy(results, Path(args.out), parity_sizes=10 if args.quick else 50)
+
+
+def _deploy(results: dict, out: Path, parity_sizes: int) -> None:
+    """The main job after training: export the first multi-size SPP run, check it, build its engines."""
+    from sppnet.export.deploy import add_to_report, deploy_markdown, deploy_run
+
+    run = next(r["run_dir"] for r in results["runs"] if r["variant"] == "spp_multi")
+    deployed = deploy_run(run, out, parity_sizes=parity_sizes)
+    add_to_report(out / "report.md", deploy_markdown(deployed))
+    print(f"report: {out / 'report.md'} (with export and engines)")
 
 
 def _bench_train(args: argparse.Namespace) -> None:
@@ -148,6 +159,116 @@ def _bench_train(args: argparse.Namespace) -> None:
     )
     rows = bench_train(config, load_data(args.data, config), args.sizes, args.batches)
     print(json.dumps([r.to_json() for r in rows]) if args.json else format_rows(rows, args.model))
+
+
+def parse_scales(text: str) -> tuple[tuple[int, int], ...]:
+    """'224,180x240' -> ((224, 224), (180, 240))."""
+    return tuple(parse_size(part) for part in text.split(","))
+
+
+def parse_precisions(text: str) -> tuple[str, ...]:
+    """'fp32,fp16' -> ('fp32', 'fp16')."""
+    values = tuple(p.strip() for p in text.split(","))
+    if not values or any(v not in ("fp32", "fp16") for v in values):
+        raise argparse.ArgumentTypeError(f"precisions {text!r} are not a comma-separated list of fp32 and fp16")
+    return values
+
+
+def _export_source(args: argparse.Namespace) -> object:
+    from sppnet.export.onnx_export import source_from_run, source_untrained
+
+    if args.checkpoint is not None:
+        return source_from_run(args.checkpoint, args.network)
+    if args.network is None:
+        raise ValueError("say what to export: --checkpoint RUN (a trained run) or --network NAME (untrained weights)")
+    return source_untrained(args.network, num_classes=args.classes, seed=args.seed)
+
+
+def _export_config(args: argparse.Namespace) -> object:
+    from sppnet.export.onnx_export import ExportConfig
+
+    return ExportConfig(
+        scales=args.scales or (),
+        dynamic=args.dynamic,
+        precisions=args.precision,
+        max_batch=args.max_batch,
+        opt_batch=args.opt_batch,
+        max_size=args.max_size,
+    )
+
+
+def _export(args: argparse.Namespace) -> None:
+    from sppnet.export.onnx_export import export_onnx
+
+    path = export_onnx(_export_source(args), args.out, _export_config(args), progress=print)
+    print(f"wrote {path}")
+
+
+def _parity(args: argparse.Namespace) -> None:
+    from sppnet.export.onnx_export import source_of_export
+    from sppnet.export.parity import check_export, format_summary, summarise
+
+    model = source_of_export(args.onnx, args.checkpoint).model
+    rows = check_export(model, args.onnx, dynamic_count=args.sizes, batch=args.batch, seed=args.seed)
+    summary = summarise(rows)
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    if not all(s["ok"] for s in summary):
+        raise ValueError("ONNX Runtime differs from PyTorch beyond the stated tolerance (rows marked NO above)")
+
+
+def _build(args: argparse.Namespace) -> None:
+    from sppnet.export.build import build_engines
+
+    path = build_engines(
+        args.onnx,
+        args.out,
+        precisions=args.precision,
+        kinds=args.kind,
+        workspace_mb=args.workspace_mb,
+        compute_capabilities=args.compute_capability,
+        builder=args.builder,
+        progress=print,
+    )
+    print(f"wrote {path}")
+
+
+def _bench_export(args: argparse.Namespace) -> None:
+    from sppnet.export.bench_export import bench_export, format_rows
+    from sppnet.export.trt_builder import BuildError, load_backend
+
+    try:
+        builder = load_backend().describe()
+    except BuildError as e:
+        if not args.no_build:
+            raise
+        builder = f"none ({e})"
+    rows = bench_export(args.networks, args.out, config=_export_config(args), build=not args.no_build, keep=args.keep)
+    print(json.dumps([r.to_json() for r in rows]) if args.json else format_rows(rows, builder))
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `export` and `bench export` share."""
+    parser.add_argument(
+        "--scales",
+        type=parse_scales,
+        default=None,
+        metavar="S[,HxW...]",
+        help="fixed-size models (default: the run's training sizes)",
+    )
+    parser.add_argument(
+        "--dynamic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the dynamic-size model, in both SPP forms (default on)",
+    )
+    parser.add_argument(
+        "--precision", type=parse_precisions, default=("fp32", "fp16"), metavar="P[,P]", help="fp32,fp16 (both)"
+    )
+    parser.add_argument("--max-batch", type=int, default=32, help="largest batch the engines take (32)")
+    parser.add_argument("--opt-batch", type=int, default=8, help="batch the engines are tuned for (8)")
+    parser.add_argument(
+        "--max-size", type=int, default=None, help="dynamic model's largest H and W (2 x largest scale)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +347,46 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--images", type=int, default=None, help="built-in dataset size (3000)")
     rep.set_defaults(run=_reproduce)
 
+    ex = sub.add_parser("export", help="ONNX models per scale and a dynamic-size model, with a manifest")
+    ex.add_argument("--checkpoint", type=Path, default=None, metavar="RUN", help="a trained run (RUN/model.json)")
+    ex.add_argument("--network", default=None, metavar="NAME", help="with no --checkpoint: untrained weights")
+    ex.add_argument("--classes", type=int, default=1000, help="untrained: fc8 outputs (1000)")
+    ex.add_argument("--seed", type=int, default=0, help="untrained: init seed (0)")
+    _export_arguments(ex)
+    ex.add_argument("--out", required=True, type=Path, metavar="DIR")
+    ex.set_defaults(run=_export)
+
+    par = sub.add_parser("parity", help="ONNX Runtime vs PyTorch for every file of an export")
+    par.add_argument("--onnx", required=True, type=Path, metavar="DIR", help="an export directory")
+    par.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="the run exported (default: the one the manifest names)",
+    )
+    par.add_argument("--sizes", type=int, default=50, help="random sizes for the dynamic models (50)")
+    par.add_argument("--batch", type=int, default=4, help="images per fixed-size check (4)")
+    par.add_argument("--seed", type=int, default=0)
+    par.add_argument("--json", action="store_true")
+    par.set_defaults(run=_parity)
+
+    bu = sub.add_parser("build", help="TensorRT engines (tensorrt, else tensorrt_rtx) from an ONNX export")
+    bu.add_argument("--onnx", required=True, type=Path, metavar="DIR", help="an `sppnet export` directory")
+    bu.add_argument("--out", required=True, type=Path, metavar="ENGINE_DIR")
+    bu.add_argument("--precision", type=parse_precisions, default=None, metavar="P[,P]", help="(all exported)")
+    bu.add_argument("--kind", choices=["fixed", "dynamic"], action="append", default=None, help="(both)")
+    bu.add_argument("--workspace-mb", type=int, default=4096, help="builder scratch memory (4096)")
+    bu.add_argument(
+        "--compute-capability",
+        action="append",
+        default=None,
+        metavar="X.Y",
+        help="TensorRT-RTX target GPUs, repeatable (its defaults: Ampere and later)",
+    )
+    bu.add_argument("--builder", choices=["tensorrt", "tensorrt_rtx"], default=None, help="(first importable)")
+    bu.set_defaults(run=_build)
+
     bench = sub.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     spp = bench_sub.add_parser("spp", help="SPP forward+backward vs a per-bin loop and a single max-pool")
@@ -243,6 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     spp.add_argument("--repeats", type=int, default=20)
     spp.add_argument("--json", action="store_true")
     spp.set_defaults(run=_bench_spp)
+    be = bench_sub.add_parser("export", help="ONNX export and engine build time per file, and sizes")
+    be.add_argument(
+        "--networks", type=lambda t: t.split(","), default=["zf5_cpu"], metavar="NAME,...", help="(zf5_cpu)"
+    )
+    _export_arguments(be)
+    be.add_argument("--out", type=Path, default=Path("artifacts/bench-export"), metavar="DIR")
+    be.add_argument("--no-build", action="store_true", help="export only")
+    be.add_argument("--keep", action="store_true", help="keep the files (default: removed after timing)")
+    be.add_argument("--json", action="store_true")
+    be.set_defaults(run=_bench_export)
     bt = bench_sub.add_parser("train", help="training images/s per size, data loading vs compute")
     bt.add_argument("--data", required=True, metavar="DIR", help="a dataset as `sppnet data make` writes it")
     bt.add_argument("--model", default="zf5_cpu", metavar="NAME")

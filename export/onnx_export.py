@@ -24,7 +24,7 @@ from sppnet.reproduce.models import SPPNet, build_model, feature_sizes, feature_
 from sppnet.reproduce.train import default_preprocess
 from sppnet.reproduce.trained import load_model, read_model_info
 
-from .manifest import ONNX_FORMAT, VERSION, file_entry, write_manifest
+from .manifest import ONNX_FORMAT, VERSION, file_entry, read_manifest, write_manifest
 from .onnx_builder import OPSET, PRECISIONS
 from .onnx_model import INPUT, OUTPUT, check_onnx, model_to_onnx
 
@@ -174,3 +174,23 @@ def export_onnx(
         "files": entries,
     }
     return write_manifest(out, manifest)
+
+
+def source_of_export(
+    onnx_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None
+) -> ExportSource:
+    """The model an export was made from (the run its manifest names, or `checkpoint`), refusing other weights."""
+    manifest = read_manifest(onnx_dir, ONNX_FORMAT)
+    weights = manifest["weights"]
+    if checkpoint is not None or weights.get("trained"):
+        source = source_from_run(checkpoint or weights["source"], manifest["network"])
+    else:
+        source = source_untrained(
+            manifest["network"], num_classes=manifest["output"]["classes"], seed=int(weights.get("seed", 0))
+        )
+    if source.weights["sha256"] != weights["sha256"]:
+        raise ValueError(
+            f"the weights of {source.weights['source']} are not the ones exported to {onnx_dir} (sha256 differs): "
+            "pass the run that was exported with --checkpoint, or re-export"
+        )
+    return source
