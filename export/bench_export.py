@@ -68,7 +68,7 @@ def bench_export(
                     f["export_seconds"],
                     engine["bytes"] / 2**20 if engine else None,
                     engine["build_seconds"] if engine else None,
-                    "" if engine or not build else skipped.get(f["file"], "not built"),
+                    "" if engine or not build else skipped.get(f["file"], "not built").split(", so")[0],
                 )
             )
         if not keep:

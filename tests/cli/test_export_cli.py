@@ -1,0 +1,102 @@
+"""`sppnet export`, `parity`, `build` and `bench export` as a user runs them; bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_cli import run
+
+
+def test_export_parity_and_build_a_trained_run(capsys: pytest.CaptureFixture[str], trained_run: Path, tmp_path) -> None:
+    onnx_dir, engine_dir = tmp_path / "onnx", tmp_path / "engines"
+    code, out, err = run(
+        capsys, "export", "--checkpoint", str(trained_run), "--scales", "112,100x76", "--max-size", "160",
+        "--out", str(onnx_dir),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "zf5_cpu_100x76_fp16.onnx" in out and f"wrote {onnx_dir / 'manifest.json'}" in out
+
+    code, out, err = run(capsys, "parity", "--onnx", str(onnx_dir), "--sizes", "6", "--json")
+    assert code == 0, err
+    summary = {row["file"]: row for row in json.loads(out)}
+    assert set(summary) == {
+        "zf5_cpu_112x112_fp32.onnx", "zf5_cpu_112x112_fp16.onnx", "zf5_cpu_100x76_fp32.onnx",
+        "zf5_cpu_100x76_fp16.onnx", "zf5_cpu_dynamic_fp32.onnx", "zf5_cpu_dynamic_fp16.onnx",
+    }  # fmt: skip
+    assert all(row["ok"] and row["max_rel"] <= row["tolerance"] for row in summary.values())
+
+    code, out, err = run(capsys, "build", "--onnx", str(onnx_dir), "--out", str(engine_dir), "--precision", "fp16")
+    assert code == 0, err
+    manifest = json.loads((engine_dir / "manifest.json").read_text())
+    assert sorted(f["file"] for f in manifest["files"]) == [
+        "zf5_cpu_100x76_fp16.engine", "zf5_cpu_112x112_fp16.engine", "zf5_cpu_dynamic_fp16.engine",
+    ]  # fmt: skip
+
+
+def test_bench_export_prints_times_and_sizes_per_engine(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    code, out, err = run(
+        capsys, "bench", "export", "--networks", "convnet5_cpu", "--scales", "96", "--precision", "fp16",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("convnet5_cpu")}
+    assert set(rows) == {
+        "convnet5_cpu_96x96_fp16.onnx", "convnet5_cpu_dynamic_fp16.onnx", "convnet5_cpu_dynamic_plugin_fp16.onnx"
+    }  # fmt: skip
+    assert float(rows["convnet5_cpu_96x96_fp16.onnx"][3]) > 0  # engine MiB
+    assert "built 2 engines" in out and not any(tmp_path.iterdir())  # timed, then removed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "--network", "zf5", "--scales", "30", "--out", "{tmp}/x"], "too small for zf5"),
+        (["export", "--out", "{tmp}/x"], "--checkpoint RUN (a trained run) or --network NAME"),
+        (["export", "--checkpoint", "{run}", "--network", "zf5", "--out", "{tmp}/x"], "holds a zf5_cpu model"),
+        (["export", "--checkpoint", "{tmp}", "--out", "{tmp}/x"], "no model description"),
+        (["build", "--onnx", "{tmp}", "--out", "{tmp}/e"], "no ONNX export manifest"),
+        (["parity", "--onnx", "{tmp}"], "re-export it with `sppnet export"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_fix(
+    capsys: pytest.CaptureFixture[str], trained_run: Path, tmp_path, argv: list[str], message: str
+) -> None:
+    code, _, err = run(capsys, *[a.format(tmp=tmp_path, run=trained_run) for a in argv])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_truncated_onnx_file_stops_the_build_before_any_engine(
+    capsys: pytest.CaptureFixture[str], trained_run: Path, tmp_path
+) -> None:
+    onnx_dir = tmp_path / "onnx"
+    assert run(capsys, "export", "--checkpoint", str(trained_run), "--no-dynamic", "--out", str(onnx_dir))[0] == 0
+    victim = onnx_dir / "zf5_cpu_90x90_fp32.onnx"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    code, _, err = run(capsys, "build", "--onnx", str(onnx_dir), "--out", str(tmp_path / "engines"))
+    assert code == 2 and "zf5_cpu_90x90_fp32.onnx" in err and "sppnet export" in err
+    assert not (tmp_path / "engines").exists() or not any((tmp_path / "engines").glob("*.engine"))
+
+
+def test_without_a_builder_build_says_what_to_install(
+    capsys: pytest.CaptureFixture[str], trained_run: Path, tmp_path, monkeypatch
+) -> None:
+    onnx_dir = tmp_path / "onnx"
+    run(
+        capsys,
+        "export",
+        "--checkpoint",
+        str(trained_run),
+        "--no-dynamic",
+        "--precision",
+        "fp16",
+        "--out",
+        str(onnx_dir),
+    )
+    for module in ("tensorrt", "tensorrt_rtx"):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    code, _, err = run(capsys, "build", "--onnx", str(onnx_dir), "--out", str(tmp_path / "engines"))
+    assert code == 2 and "pip install tensorrt-rtx-cu13" in err and len(err.strip().splitlines()) == 1
