@@ -138,13 +138,18 @@ def _reproduce(args: argparse.Namespace) -> None:
 
 
 def _deploy(results: dict, out: Path, parity_sizes: int) -> None:
-    """The main job after training: export the first multi-size SPP run, check it, build its engines."""
+    """The main job after training: export the first multi-size SPP run, check it, build its engines, serve
+    held-out images of varied sizes through the runtime."""
+    from sppnet.engines.serve_check import held_out_images, serve_check, serve_markdown
     from sppnet.export.deploy import add_to_report, deploy_markdown, deploy_run
 
     run = next(r["run_dir"] for r in results["runs"] if r["variant"] == "spp_multi")
     deployed = deploy_run(run, out, parity_sizes=parity_sizes)
     add_to_report(out / "report.md", deploy_markdown(deployed))
-    print(f"report: {out / 'report.md'} (with export and engines)")
+    images = held_out_images(results["settings"]["data"]["dir"], count=60 if parity_sizes < 50 else 300)
+    served = serve_check(deployed["onnx_dir"], run, images)
+    add_to_report(out / "report.md", serve_markdown(served))
+    print(f"report: {out / 'report.md'} (with export, engines and runtime)")
 
 
 def _bench_train(args: argparse.Namespace) -> None:
@@ -244,6 +249,41 @@ def _bench_export(args: argparse.Namespace) -> None:
         builder = f"none ({e})"
     rows = bench_export(args.networks, args.out, config=_export_config(args), build=not args.no_build, keep=args.keep)
     print(json.dumps([r.to_json() for r in rows]) if args.json else format_rows(rows, builder))
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from sppnet.engines.routing import Policy
+    from sppnet.engines.runtime import Runtime
+
+    policy = Policy(args.policy, args.short_side, args.outside)
+    with Runtime(args.engines, backend=args.backend, policy=policy, precision=args.precision, topk=args.topk) as rt:
+        results = rt.infer(args.images)
+    for r in results:
+        if args.json:
+            print(json.dumps(r.to_json()))
+        elif r.error is not None:
+            print(f"{r.source}: error: {r.error}")
+        else:
+            assert r.route is not None
+            best = ", ".join(f"{c} {p:.3f}" for c, p in r.topk)
+            route = f"{r.route.model} profile {r.route.profile} at {r.route.height}x{r.route.width}"
+            print(f"{r.source}: {best}  [{route}]")
+    return 1 if any(r.error is not None for r in results) else 0
+
+
+def _bench_runtime(args: argparse.Namespace) -> None:
+    from sppnet.engines.bench_runtime import bench_runtime, format_bench
+
+    result = bench_runtime(
+        args.engines,
+        count=args.images,
+        repeats=args.repeats,
+        precision=args.precision,
+        backend=args.backend,
+        max_size=args.max_size,
+        torch_reference=not args.no_torch,
+    )
+    print(json.dumps(result.to_json()) if args.json else format_bench(result))
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -387,6 +427,35 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--builder", choices=["tensorrt", "tensorrt_rtx"], default=None, help="(first importable)")
     bu.set_defaults(run=_build)
 
+    inf = sub.add_parser("infer", help="classify images of any size, each routed to the right engine")
+    inf.add_argument("images", nargs="+", metavar="IMAGE")
+    inf.add_argument(
+        "--engines",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="an engine directory (sppnet build), an ONNX export (sppnet export) or a training run",
+    )
+    inf.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto")
+    inf.add_argument(
+        "--policy",
+        choices=["full", "center-crop", "nearest", "none"],
+        default="full",
+        help="full: whole image, short side S; center-crop: the paper's 1 view; nearest: the closest "
+        "fixed scale; none: as it is (full)",
+    )
+    inf.add_argument("--short-side", type=int, default=None, metavar="S", help="full: short side (the crop size)")
+    inf.add_argument(
+        "--outside",
+        choices=["error", "resize"],
+        default="error",
+        help="a size outside every profile: error, or resize into the range (error)",
+    )
+    inf.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    inf.add_argument("--topk", type=int, default=5)
+    inf.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    inf.set_defaults(run=_infer)
+
     bench = sub.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     spp = bench_sub.add_parser("spp", help="SPP forward+backward vs a per-bin loop and a single max-pool")
@@ -414,6 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--keep", action="store_true", help="keep the files (default: removed after timing)")
     be.add_argument("--json", action="store_true")
     be.set_defaults(run=_bench_export)
+    br = bench_sub.add_parser("runtime", help="dispatcher vs direct model calls vs PyTorch eager, mixed sizes")
+    br.add_argument("--engines", required=True, metavar="DIR", help="an engine dir, ONNX export or training run")
+    br.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto")
+    br.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    br.add_argument("--images", type=int, default=96, help="stream length (96; a third at the fixed scales)")
+    br.add_argument("--max-size", type=int, default=256, help="largest random side (256)")
+    br.add_argument("--repeats", type=int, default=9)
+    br.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
+    br.add_argument("--json", action="store_true")
+    br.set_defaults(run=_bench_runtime)
     bt = bench_sub.add_parser("train", help="training images/s per size, data loading vs compute")
     bt.add_argument("--data", required=True, metavar="DIR", help="a dataset as `sppnet data make` writes it")
     bt.add_argument("--model", default="zf5_cpu", metavar="NAME")
@@ -426,10 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; a ValueError becomes `sppnet: error: ...` on stderr and exit status 2."""
+    """Run one subcommand; a ValueError becomes `sppnet: error: ...` on stderr and exit status 2 (`infer` exits 1
+    when some image failed)."""
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args) or 0
     except ValueError as err:
         print(f"sppnet: error: {err}", file=sys.stderr)
         return 2
@@ -438,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sppnet: interrupted (a training run continues from its last finished epoch with --resume)", file=sys.stderr
         )
         return 130
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -100,3 +100,41 @@ def test_without_a_builder_build_says_what_to_install(
         monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
     code, _, err = run(capsys, "build", "--onnx", str(onnx_dir), "--out", str(tmp_path / "engines"))
     assert code == 2 and "pip install tensorrt-rtx-cu13" in err and len(err.strip().splitlines()) == 1
+
+
+def test_infer_prints_topk_and_route_per_image_in_order_and_exits_1_on_a_bad_image(
+    capsys: pytest.CaptureFixture[str], trained_run: Path, tmp_path
+) -> None:
+    import skimage.data
+
+    photos = Path(skimage.data.__file__).parent
+    onnx_dir = tmp_path / "onnx"
+    assert run(capsys, "export", "--checkpoint", str(trained_run), "--max-size", "256", "--out", str(onnx_dir))[0] == 0
+    images = [str(photos / "coffee.png"), str(tmp_path / "missing.png"), str(photos / "astronaut.png")]
+    code, out, _ = run(capsys, "infer", *images, "--engines", str(onnx_dir), "--json", "--topk", "3")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and [line["path"] for line in lines] == images
+    assert "error" in lines[1] and "not found" in lines[1]["error"]
+    assert lines[0]["route"]["size"] == [112, 168] and lines[0]["route"]["kind"] == "dynamic"  # full, short side 112
+    assert lines[2]["route"] == {
+        "model": "zf5_cpu_112x112_fp32.onnx",
+        "kind": "fixed",
+        "profile": 0,
+        "size": [112, 112],
+    }
+    assert all(len(line["topk"]) == 3 for line in (lines[0], lines[2]))
+
+    code, out, _ = run(capsys, "infer", images[0], "--engines", str(trained_run), "--backend", "torch")
+    assert code == 0 and "[torch profile 0 at 112x168]" in out
+    code, _, err = run(capsys, "infer", images[0], "--engines", str(onnx_dir), "--backend", "torch")
+    assert code == 2 and "pass --backend onnxruntime" in err
+
+
+def test_bench_runtime_prints_the_dispatch_overhead_and_the_pytorch_ratio(
+    capsys: pytest.CaptureFixture[str], trained_run: Path, tmp_path
+) -> None:
+    onnx_dir = tmp_path / "onnx"
+    run(capsys, "export", "--checkpoint", str(trained_run), "--precision", "fp32", "--out", str(onnx_dir))
+    code, out, err = run(capsys, "bench", "runtime", "--engines", str(onnx_dir), "--images", "24", "--repeats", "2")
+    assert code == 0, err
+    assert "dispatch overhead" in out and "x PyTorch's speed" in out and "24 images of mixed sizes" in out

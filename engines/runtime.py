@@ -1,0 +1,189 @@
+"""The runtime: image -> preprocess -> route -> batch -> model -> top-k, in input order, each image's route kept.
+
+One dispatcher drives every backend: TensorRT engines (GPU), ONNX Runtime (an export directory), or the PyTorch
+run itself (the reference). A bad image is that image's error, never the batch's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sppnet.reproduce.images import DEFAULT_MAX_PIXELS, load_bgr
+
+from .dispatch import Executor, Item, StreamBatcher, run_batches
+from .model_set import ModelSet, load_model_set
+from .routing import Policy, Route, prepare, route
+from .runner import Runner
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+NATIVE = {"engines": "tensorrt", "onnx": "onnxruntime", "run": "torch"}
+
+Image = str | os.PathLike[str] | np.ndarray
+
+
+@dataclass(frozen=True)
+class Result:
+    """One image's answer: top-k (class, probability), its route, or the error that stopped it."""
+
+    index: int
+    source: str
+    route: Route | None = None
+    topk: tuple[tuple[str, float], ...] = ()
+    logits: np.ndarray | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"path": self.source}
+        if self.error is not None:
+            return record | {"error": self.error}
+        assert self.route is not None
+        return record | {"route": self.route.to_json(), "topk": [{"class": c, "p": round(p, 6)} for c, p in self.topk]}
+
+
+def make_runners(models: ModelSet, backend: str, **options: Any) -> dict[str, Runner]:
+    """One runner per model file for `backend` ("auto": the directory's own: engines -> tensorrt, ...)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    chosen = NATIVE[models.kind] if backend == "auto" else backend
+    if chosen != NATIVE[models.kind]:
+        raise ValueError(
+            f"{models.directory} is {'an' if models.kind != 'run' else 'a'} {models.kind} directory, which the "
+            f"{chosen} backend cannot run: pass --backend {NATIVE[models.kind]} or a directory for {chosen} "
+            "(engines: `sppnet build`; onnxruntime: `sppnet export`; torch: a training run)"
+        )
+    if chosen == "onnxruntime":
+        from .backend_onnxruntime import OnnxRuntimeRunner
+
+        return {f.name: OnnxRuntimeRunner(f.path, **options) for f in models.files}
+    if chosen == "torch":
+        from .backend_torch import TorchRunner
+
+        return {f.name: TorchRunner(models.directory, **options) for f in models.files}
+    from .backend_tensorrt import TensorRTRunner
+
+    return {f.name: TensorRTRunner(f.path, models.manifest, f.entry, **options) for f in models.files}
+
+
+class Runtime:
+    """Serves one model directory; use as a context manager, or call `close()`.
+
+    `infer(images)` runs a request (the caller's images batched by route); `submit(image)` streams one image
+    through a shared batcher that waits at most `max_wait_ms` for others of the same route.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        backend: str = "auto",
+        policy: Policy | None = None,
+        precision: str = "fp32",
+        topk: int = 5,
+        max_wait_ms: float = 2.0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        runner_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.models = load_model_set(directory, precision)
+        self.policy = policy or Policy()
+        self.pre = self.models.preprocess
+        self.topk = max(1, min(topk, len(self.models.classes)))
+        self.max_pixels = max_pixels
+        self.runners = make_runners(self.models, backend, **(runner_options or {}))
+        by_name = {f.name: f for f in self.models.files}
+        self.executor = Executor(
+            self.runners,
+            lambda r: by_name[r.model].profiles[r.profile].max_batch,
+            self.models.input_name,
+            self.models.output_name,
+        )
+        for runner in self.runners.values():
+            runner.activate()
+        self._batcher: StreamBatcher | None = None
+        self._max_wait_ms = max_wait_ms
+
+    def prepare(self, image: Image) -> Item:
+        """Decode (if a path), apply the policy and the Caffe preprocessing, and route; raises per-image errors."""
+        arrays = isinstance(image, np.ndarray)
+        pixels = _check_array(image) if arrays else load_bgr(image, max_pixels=self.max_pixels)
+        view = prepare(pixels, self.policy, self.pre, self.models)
+        return Item(view, route(view.shape[0], view.shape[1], self.models))
+
+    def infer(self, images: Sequence[Image]) -> list[Result]:
+        """Results for `images`, in order; an image that cannot be read or routed gets its own error."""
+        items: list[Item | Exception] = []
+        for image in images:
+            try:
+                items.append(self.prepare(image))
+            except (ValueError, OSError) as e:
+                items.append(e)
+        outcomes = run_batches(self.executor, items)
+        triples = zip(images, items, outcomes, strict=True)
+        return [self._result(i, image, item, out) for i, (image, item, out) in enumerate(triples)]
+
+    def submit(self, image: Image, index: int = 0) -> Future:
+        """A future of one image's Result, batched with other submissions of the same route."""
+        result: Future = Future()
+        try:
+            item = self.prepare(image)
+        except (ValueError, OSError) as e:
+            result.set_result(self._result(index, image, e, e))
+            return result
+        if self._batcher is None:
+            self._batcher = StreamBatcher(self.executor, self._max_wait_ms)
+        logits = self._batcher.submit(item)
+
+        def done(f: Future) -> None:
+            error = f.exception()
+            result.set_result(self._result(index, image, item, error if error is not None else f.result()))
+
+        logits.add_done_callback(done)
+        return result
+
+    def _result(self, index: int, image: Image, item: Item | Exception, outcome: object) -> Result:
+        source = "<array>" if isinstance(image, np.ndarray) else os.fspath(image)
+        if isinstance(outcome, Exception):
+            route_taken = item.route if isinstance(item, Item) else None
+            return Result(index, source, route_taken, error=_one_line(outcome))
+        assert isinstance(item, Item) and isinstance(outcome, np.ndarray)
+        return Result(index, source, item.route, self._topk(outcome), outcome)
+
+    def _topk(self, logits: np.ndarray) -> tuple[tuple[str, float], ...]:
+        z = logits.astype(np.float64) - logits.max()
+        p = np.exp(z) / np.exp(z).sum()
+        order = np.argsort(-p, kind="stable")[: self.topk]
+        return tuple((self.models.classes[i], float(p[i])) for i in order)
+
+    def close(self) -> None:
+        """Finish streamed work and free every backend."""
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
+        for runner in self.runners.values():
+            runner.deactivate()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_array(image: np.ndarray) -> np.ndarray:
+    """An in-memory image must be BGR uint8 (H, W, 3), as `load_bgr` returns."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+        raise ValueError(
+            f"an image array must be BGR uint8 of shape (H, W, 3); got {image.dtype} {image.shape}: "
+            "decode files with sppnet.reproduce.images.load_bgr"
+        )
+    return image
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
