@@ -286,6 +286,19 @@ def _bench_runtime(args: argparse.Namespace) -> None:
     print(json.dumps(result.to_json()) if args.json else format_bench(result))
 
 
+def _serve_repo(args: argparse.Namespace) -> None:
+    from sppnet.engines.serve_repo import write_model_repository
+
+    out = write_model_repository(
+        args.engines,
+        args.out,
+        max_queue_delay_us=args.max_queue_delay_us,
+        instance_count=args.instances,
+        allow_rtx=args.allow_rtx,
+    )
+    print(f"wrote the Triton model repository {out} (routing: {out / 'README.txt'})")
+
+
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `export` and `bench export` share."""
     parser.add_argument(
@@ -455,6 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--topk", type=int, default=5)
     inf.add_argument("--json", action="store_true", help="one JSON object per image and line")
     inf.set_defaults(run=_infer)
+
+    sr = sub.add_parser("serve-repo", help="a Triton Inference Server model repository from an engine directory")
+    sr.add_argument("--engines", required=True, type=Path, metavar="ENGINE_DIR")
+    sr.add_argument("--out", required=True, type=Path, metavar="REPO")
+    sr.add_argument("--max-queue-delay-us", type=int, default=100, help="dynamic batching delay (100)")
+    sr.add_argument("--instances", type=int, default=1, help="model instances per GPU (1)")
+    sr.add_argument(
+        "--allow-rtx",
+        action="store_true",
+        help="write the layout for TensorRT-RTX engines too (Triton's TensorRT backend cannot load them)",
+    )
+    sr.set_defaults(run=_serve_repo)
 
     bench = sub.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")

@@ -138,3 +138,23 @@ def test_bench_runtime_prints_the_dispatch_overhead_and_the_pytorch_ratio(
     code, out, err = run(capsys, "bench", "runtime", "--engines", str(onnx_dir), "--images", "24", "--repeats", "2")
     assert code == 0, err
     assert "dispatch overhead" in out and "x PyTorch's speed" in out and "24 images of mixed sizes" in out
+
+
+def test_serve_repo_writes_a_triton_repository_and_refuses_rtx_engines_without_the_flag(
+    capsys: pytest.CaptureFixture[str], trained_run: Path, tmp_path
+) -> None:
+    onnx_dir, engines, repo = tmp_path / "onnx", tmp_path / "engines", tmp_path / "repo"
+    run(capsys, "export", "--checkpoint", str(trained_run), "--precision", "fp16", "--out", str(onnx_dir))
+    assert run(capsys, "build", "--onnx", str(onnx_dir), "--out", str(engines))[0] == 0
+    code, _, err = run(capsys, "serve-repo", "--engines", str(engines), "--out", str(repo))
+    assert code == 2 and "--allow-rtx" in err and not repo.exists()
+    code, _, err = run(capsys, "serve-repo", "--engines", str(engines), "--out", str(repo), "--allow-rtx")
+    assert code == 0, err
+    models = sorted(p.name for p in repo.iterdir() if p.is_dir())
+    assert models == [
+        "zf5_cpu_112x112_fp16",
+        "zf5_cpu_90x90_fp16",
+        "zf5_cpu_dynamic_fp16_p0",
+        "zf5_cpu_dynamic_fp16_p1",
+    ]
+    assert all((repo / m / "config.pbtxt").is_file() and (repo / m / "1" / "model.plan").is_file() for m in models)

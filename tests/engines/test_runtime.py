@@ -242,3 +242,20 @@ def test_directory_and_backend_mismatches_are_refused_naming_the_fix(
     with Runtime(trained_run, backend="torch", policy=Policy("none")) as rt:  # the reference runs any size
         (r,) = rt.infer([np.zeros((77, 203, 3), np.uint8)])
     assert r.error is None and r.route.model == "torch"
+
+
+def test_the_onnx_runtime_hot_path_never_imports_torch(runtime_onnx: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from sppnet.engines.runtime import Runtime\n"
+        "from sppnet.engines.routing import Policy\n"
+        f"rt = Runtime({str(runtime_onnx)!r}, policy=Policy('none'))\n"
+        "results = rt.infer([np.zeros((100, 120, 3), np.uint8), np.zeros((112, 112, 3), np.uint8)])\n"
+        "assert all(r.error is None for r in results)\n"
+        "print(sorted(m for m in ('torch', 'onnx', 'tensorrt', 'tensorrt_rtx') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
