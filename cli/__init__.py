@@ -70,8 +70,14 @@ def _bench_spp(args: argparse.Namespace) -> None:
 def _data_make(args: argparse.Namespace) -> None:
     from sppnet.reproduce.builtin_data import make_classification_dataset
 
-    if args.task != "classification":
-        raise ValueError(f"--task {args.task}: only classification datasets exist so far")
+    if args.task == "detection":
+        from sppnet.reproduce.detection.builtin_detection import make_detection_dataset
+
+        made = make_detection_dataset(
+            Path(args.out), source=args.source, n=args.n, seed=args.seed, fashion_mnist_dir=args.fashion_mnist_dir
+        )
+        print(f"wrote {args.out}: VOC layout, {made['n']} images, classes {', '.join(made['classes'])}")
+        return
     manifest = make_classification_dataset(
         Path(args.out), source=args.source, n=args.n, seed=args.seed, fashion_mnist_dir=args.fashion_mnist_dir
     )
@@ -299,6 +305,118 @@ def _serve_repo(args: argparse.Namespace) -> None:
     print(f"wrote the Triton model repository {out} (routing: {out / 'README.txt'})")
 
 
+def _detection_classes(data: Path) -> list[str]:
+    manifest = data / "manifest.json"
+    if manifest.is_file():
+        return list(json.loads(manifest.read_text())["classes"])
+    from sppnet.reproduce.datasets import VOC_CLASSES
+
+    return list(VOC_CLASSES)
+
+
+def _detect_config(args: argparse.Namespace, input_size: int) -> object:
+    from sppnet.reproduce.detection.pipeline import DetectConfig
+    from sppnet.reproduce.detection.proposals import ProposalSettings
+
+    changes = {
+        "finetune_epochs": args.epochs,
+        "finetune_lr": args.lr,
+        "proposals": ProposalSettings(max_proposals=args.max_proposals),
+    }
+    if args.paper_scales:
+        from dataclasses import replace
+
+        return replace(DetectConfig(), **changes)
+    return DetectConfig.for_input_size(input_size, **changes)
+
+
+def _detect_train(args: argparse.Namespace) -> None:
+    from sppnet.reproduce.detection.detector_io import save_detectors
+    from sppnet.reproduce.detection.pipeline import load_proposals, read_split, train_mode
+    from sppnet.reproduce.detection.proposals import ProposalCache
+    from sppnet.reproduce.trained import load_model, load_preprocess
+
+    model, pre = load_model(args.checkpoint).eval(), load_preprocess(args.checkpoint)
+    config = _detect_config(args, pre.crop)
+    classes = _detection_classes(args.data)
+    splits = {s: read_split(args.data, s, classes) for s in ("train", "val")}
+    cache = ProposalCache(args.out / "proposals")
+    proposals = {s: load_proposals(images, cache, config.proposals) for s, images in splits.items()}
+    detectors, info = train_mode(model, pre, splits, proposals, args.mode, len(classes), config, print)
+    path = save_detectors(args.out, args.checkpoint, args.mode, classes, config, detectors, info)
+    print(f"wrote {path}")
+
+
+def _detect_test(args: argparse.Namespace) -> None:
+    from sppnet.reproduce.detection.detector_io import config_from_json, load_detectors
+    from sppnet.reproduce.detection.pipeline import load_proposals, read_split, test_mode
+    from sppnet.reproduce.detection.proposals import ProposalCache
+
+    info, model, pre, detectors = load_detectors(args.detector)
+    config = config_from_json(info["config"])
+    images = read_split(args.data, args.split, info["classes"])
+    proposals = load_proposals(images, ProposalCache(Path(args.detector) / "proposals"), config.proposals)
+    log = None if args.json else print
+    row = test_mode(detectors, model, pre, images, proposals, info["mode"], info["classes"], config, log)
+    if args.json:
+        print(json.dumps({"mode": info["mode"], "split": args.split, **row}))
+        return
+    for column, result in row["columns"].items():
+        print(
+            f"{column:10} mAP {100 * result['mAP_11point']:5.1f} (11-point), {100 * result['mAP_all_point']:5.1f} "
+            f"(all-point), bootstrap std {100 * result['bootstrap_std']:.1f}"
+        )
+
+
+def _detect_image(args: argparse.Namespace) -> None:
+    from sppnet.reproduce.detection.detector_io import config_from_json, load_detectors
+    from sppnet.reproduce.detection.pipeline import SplitFeatures, detect, extract
+    from sppnet.reproduce.detection.proposals import ProposalCache
+    from sppnet.reproduce.detection.voc import DetImage
+    from sppnet.reproduce.images import load_bgr
+
+    info, model, pre, detectors = load_detectors(args.detector)
+    config = config_from_json(info["config"])
+    detector = next((d for d in detectors if d.column == args.column), None)
+    if detector is None:
+        raise ValueError(f"no detector column {args.column!r}: choose one of {', '.join(d.column for d in detectors)}")
+    pixels = load_bgr(args.image)
+    image = DetImage(Path(args.image).stem, Path(args.image), pixels.shape[1], pixels.shape[0], [], [], [])
+    boxes = ProposalCache(Path(args.detector) / "proposals").get(args.image, pixels, config.proposals)
+    split: SplitFeatures = extract(model, pre, [image], [boxes], info["mode"], config, with_gt=False)
+    found = []
+    for label, detections in enumerate(detect(detector, split, len(info["classes"]), config), start=1):
+        found += [(score, info["classes"][label - 1], box) for _, score, box in detections if score >= args.threshold]
+    found.sort(key=lambda d: -d[0])
+    for score, name, box in found:
+        record = {"class": name, "score": round(score, 4), "box": [round(float(v), 1) for v in box]}
+        print(json.dumps(record) if args.json else f"{name:12} {score:7.3f}  {record['box']}")
+    if not found and not args.json:
+        print(f"no detection scored >= {args.threshold} among {len(boxes)} proposals")
+
+
+def _bench_detect(args: argparse.Namespace) -> None:
+    from sppnet.reproduce.detection.bench_detect import bench_detect, format_timings
+    from sppnet.reproduce.trained import load_model, load_preprocess
+
+    model, pre = load_model(args.checkpoint), load_preprocess(args.checkpoint)
+    config = _detect_config(args, pre.crop)
+    rows = bench_detect(model, pre, args.images, proposals=args.max_proposals, config=config, repeats=args.repeats)
+    print(json.dumps([r.to_json() for r in rows]) if args.json else format_timings(rows, len(args.images)))
+
+
+def _detect_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `detect train` and `bench detect`."""
+    parser.add_argument("--max-proposals", type=int, default=2000, help="selective search windows per image (2000)")
+    parser.add_argument("--epochs", type=float, default=10.0, help="fc fine-tuning passes over the foreground (10)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="fc fine-tuning learning rate (the paper's 1e-4)")
+    parser.add_argument(
+        "--paper-scales",
+        action="store_true",
+        help="the paper's pixel scales (480..1200, single 688) instead of scaling them by the network's input size",
+    )
+
+
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `export` and `bench export` share."""
     parser.add_argument(
@@ -343,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data", required=True, metavar="WHAT")
     make = data_sub.add_parser("make", help="generate the built-in dataset (ImageFolder layout + manifest)")
     make.add_argument("--out", required=True, metavar="DIR")
-    make.add_argument("--task", choices=["classification"], default="classification")
+    make.add_argument("--task", choices=["classification", "detection"], default="classification")
     make.add_argument("--source", choices=["fashion-mnist", "shapes"], default="fashion-mnist")
     make.add_argument("--n", type=int, default=3000, help="images in all (3000)")
     make.add_argument("--seed", type=int, default=0)
@@ -481,6 +599,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sr.set_defaults(run=_serve_repo)
 
+    det = sub.add_parser("detect", help="SPP-net detection (PAPER.md section 7): train, test, image")
+    det_sub = det.add_subparsers(dest="detect", required=True, metavar="WHAT")
+    dtr = det_sub.add_parser("train", help="fine-tune fc, train SVMs and box regressors on a VOC-layout train split")
+    dtr.add_argument("--data", required=True, type=Path, metavar="DIR", help="VOCdevkit, its VOC2007, or data make's")
+    dtr.add_argument("--checkpoint", required=True, type=Path, metavar="RUN", help="the classification run")
+    dtr.add_argument("--out", required=True, type=Path, metavar="OUT")
+    dtr.add_argument("--mode", choices=["spp-1", "spp-5", "rcnn"], default="spp-1")
+    _detect_arguments(dtr)
+    dtr.set_defaults(run=_detect_train)
+    dte = det_sub.add_parser("test", help="AP of a trained detector on a split (VOC07 11-point and all-point)")
+    dte.add_argument("--detector", required=True, type=Path, metavar="OUT")
+    dte.add_argument("--data", required=True, type=Path, metavar="DIR")
+    dte.add_argument("--split", default="test")
+    dte.add_argument("--json", action="store_true", help="the AP table as JSON")
+    dte.set_defaults(run=_detect_test)
+    dim = det_sub.add_parser("image", help="detections on one image")
+    dim.add_argument("image", type=Path, metavar="IMAGE")
+    dim.add_argument("--detector", required=True, type=Path, metavar="OUT")
+    dim.add_argument("--column", default="ftfc7 bb", help="pool5, fc7, ftfc7 or 'ftfc7 bb' (default)")
+    dim.add_argument("--threshold", type=float, default=0.0, help="lowest SVM score shown (0)")
+    dim.add_argument("--json", action="store_true")
+    dim.set_defaults(run=_detect_image)
+
     bench = sub.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     spp = bench_sub.add_parser("spp", help="SPP forward+backward vs a per-bin loop and a single max-pool")
@@ -518,6 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
     br.add_argument("--json", action="store_true")
     br.set_defaults(run=_bench_runtime)
+    bd = bench_sub.add_parser("detect", help="seconds per image: SPP 1 and 5 scales vs R-CNN mode (conv, fc)")
+    bd.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    bd.add_argument("--checkpoint", required=True, type=Path, metavar="RUN")
+    bd.add_argument("--repeats", type=int, default=3)
+    bd.add_argument("--json", action="store_true")
+    _detect_arguments(bd)
+    bd.set_defaults(run=_bench_detect)
     bt = bench_sub.add_parser("train", help="training images/s per size, data loading vs compute")
     bt.add_argument("--data", required=True, metavar="DIR", help="a dataset as `sppnet data make` writes it")
     bt.add_argument("--model", default="zf5_cpu", metavar="NAME")
