@@ -196,3 +196,81 @@ def test_a_first_call_in_inference_mode_does_not_break_later_training() -> None:
     x = torch.randn(1, 2, 11, 17, requires_grad=True)
     spatial_pyramid_pool(x, LEVELS).sum().backward()
     assert x.grad is not None
+
+
+# Maps of several shapes (non-square, one row, one cell), each with explicit 1x1, full-map and tiny windows added
+# to random ones; the window rule is exact at few extents, so its random windows are many.
+FAST_MAPS = [(3, 3, 19, 27), (2, 2, 9, 5), (1, 2, 1, 7), (2, 4, 16, 16), (1, 3, 31, 8)]
+
+
+def _windows_for(gen: torch.Generator, shape: tuple[int, int, int, int], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    num, _, h, w = shape
+    boxes, index = _random_boxes(gen, k, num, h, w)
+    extra = []
+    for b in range(num):
+        extra += [([0, 0, w, h], b), ([w - 1, h - 1, w, h], b), ([0, 0, 1, 1], b), ([w // 2, 0, w, min(h, 2)], b)]
+        extra += [([0, h // 3, min(w, 3), h], b), ([w // 3, h // 2, w // 3 + 1, h], b)]
+    boxes = torch.cat([boxes, torch.tensor([e[0] for e in extra])])
+    return boxes, torch.cat([index, torch.tensor([e[1] for e in extra])])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("rule", ["adaptive", "window", "caffe"])
+def test_window_fast_path_and_gather_path_equal_a_per_bin_loop(rule: str, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(2)
+    pyramids = {"adaptive": [LEVELS, (5, 2)], "window": [(4, 2, 1), (3, 1)], "caffe": [(4, 2, 1), (3, 2, 1)]}[rule]
+    checked = 0
+    for shape, levels in itertools.product(FAST_MAPS, pyramids):
+        maps = torch.randn(*shape, generator=gen).to(dtype)
+        boxes, index = _windows_for(gen, shape, 60 if rule == "adaptive" else 300)
+        keep = [i for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()) if _valid(y1 - y0, x1 - x0, levels, rule)]
+        if not keep:
+            continue
+        boxes, index = boxes[keep], index[keep]
+        with torch.no_grad():
+            fast = pool_windows(maps, boxes, levels, rule, image_index=index, max_elements=500)  # many chunks
+        leaf = maps.clone().requires_grad_(True)
+        gathered = pool_windows(leaf, boxes, levels, rule, image_index=index, max_elements=500)
+        assert gathered.requires_grad and not fast.requires_grad
+        assert fast.dtype == dtype and torch.equal(fast, gathered.detach()), (shape, levels, rule)
+        for i, ((x0, y0, x1, y1), b) in enumerate(zip(boxes.tolist(), index.tolist(), strict=True)):
+            expected = brute_force.spp(maps[b : b + 1, :, y0:y1, x0:x1].numpy(), levels, rule)[0]
+            assert np.array_equal(fast[i].numpy(), expected), (shape, levels, (x0, y0, x1, y1), b)
+        checked += len(keep)
+    assert checked >= 200, checked
+
+
+def test_window_fast_path_runs_without_autograd_and_gather_path_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sppnet.reproduce import spp
+
+    maps = torch.randn(2, 3, 11, 14)
+    boxes, index = torch.tensor([[0, 0, 14, 11], [3, 2, 9, 10], [5, 5, 6, 6]]), torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        expected = pool_windows(maps, boxes, image_index=index)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("wrong path")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spp, "_pool_window_level", fail)
+        with torch.inference_mode():
+            assert torch.equal(pool_windows(maps, boxes, image_index=index), expected)
+        assert torch.equal(pool_windows(maps, boxes, image_index=index), expected)  # no leaf needs a gradient
+        with torch.no_grad():
+            assert torch.equal(pool_windows(maps.requires_grad_(True), boxes, image_index=index), expected)
+    with monkeypatch.context() as patch:
+        patch.setattr(spp, "_pool_windows_by_table", fail)
+        out = pool_windows(maps.requires_grad_(True), boxes, image_index=index)
+        assert out.grad_fn is not None and torch.equal(out.detach(), expected)
+
+
+def test_window_max_table_holds_the_max_of_each_power_of_two_rectangle() -> None:
+    from sppnet.reproduce.spp import _max_table
+
+    maps = torch.randn(2, 3, 7, 11)
+    table = _max_table(maps, 3, 4)
+    assert table.shape == (3, 4, 2, 7, 11, 3)
+    for ky, kx, y, x in itertools.product(range(3), range(4), range(7), range(11)):
+        # Entries past the edge are the max of the clipped rectangle; queries never read them.
+        expected = maps[:, :, y : y + (1 << ky), x : x + (1 << kx)].amax(dim=(2, 3))
+        assert torch.equal(table[ky, kx, :, y, x], expected), (ky, kx, y, x)
