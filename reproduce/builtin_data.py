@@ -370,6 +370,22 @@ def _shape_polygons(name: str, rng: np.random.Generator) -> list[tuple[list[tupl
     raise ValueError(f"unknown shape {name!r}: choose one of {', '.join(SHAPE_CLASSES)}")
 
 
+def clutter(
+    rng: np.random.Generator, height: int, width: int, short: int, blobs: tuple[int, int], strokes: tuple[int, int]
+) -> np.ndarray:
+    """The distractor background, (H, W, 3) uint8 RGB: smooth noise, then blobs, then polyline strokes."""
+    canvas = _background(rng, height, width)
+    for _ in range(int(rng.integers(blobs[0], blobs[1] + 1))):
+        _add_blob(canvas, rng, short)
+    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(picture)
+    for _ in range(int(rng.integers(strokes[0], strokes[1] + 1))):
+        points = [(float(rng.uniform(0, width)), float(rng.uniform(0, height))) for _ in range(rng.integers(2, 5))]
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        draw.line(points, fill=colour, width=int(rng.integers(1, 4)), joint="curve")
+    return np.asarray(picture, dtype=np.uint8)
+
+
 def _render(
     mask_of: MaskFn, rng: np.random.Generator, s: GenerationSettings
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -378,16 +394,7 @@ def _render(
     aspect = math.exp(rng.uniform(math.log(s.aspect[0]), math.log(s.aspect[1])))
     height, width = (short, round(short * aspect)) if aspect >= 1 else (round(short / aspect), short)
 
-    canvas = _background(rng, height, width)
-    for _ in range(int(rng.integers(s.blobs[0], s.blobs[1] + 1))):
-        _add_blob(canvas, rng, short)
-    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(picture)
-    for _ in range(int(rng.integers(s.strokes[0], s.strokes[1] + 1))):
-        points = [(float(rng.uniform(0, width)), float(rng.uniform(0, height))) for _ in range(rng.integers(2, 5))]
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        draw.line(points, fill=colour, width=int(rng.integers(1, 4)), joint="curve")
-    canvas = np.asarray(picture, dtype=np.float32)
+    canvas = clutter(rng, height, width, short, s.blobs, s.strokes).astype(np.float32)
 
     scale = math.exp(rng.uniform(math.log(s.object_scale[0]), math.log(s.object_scale[1])))
     side = min(max(round(scale * short), math.ceil(s.object_scale[0] * short)), math.floor(s.object_scale[1] * short))

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from sppnet.reproduce.atomic import write_atomic
 from sppnet.reproduce.builtin_data import (
@@ -27,10 +26,9 @@ from sppnet.reproduce.builtin_data import (
     SHAPE_CLASSES,
     SOURCES,
     MaskFn,
-    _add_blob,
-    _background,
     _fashion_mask,
     _shape_mask,
+    clutter,
     load_fashion_mnist_split,
     save_png,
 )
@@ -272,17 +270,8 @@ def render_scene(objects: Sequence[MaskFn], rng: np.random.Generator, settings: 
 
 
 def _clutter(rng: np.random.Generator, height: int, width: int, short: int, s: DetectionSettings) -> np.ndarray:
-    """Smooth noise, blobs and strokes as `builtin_data._render` draws them, as (H, W, 3) uint8 RGB."""
-    canvas = _background(rng, height, width)
-    for _ in range(int(rng.integers(s.blobs[0], s.blobs[1] + 1))):
-        _add_blob(canvas, rng, short)
-    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(picture)
-    for _ in range(int(rng.integers(s.strokes[0], s.strokes[1] + 1))):
-        points = [(float(rng.uniform(0, width)), float(rng.uniform(0, height))) for _ in range(rng.integers(2, 5))]
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        draw.line(points, fill=colour, width=int(rng.integers(1, 4)), joint="curve")
-    return np.asarray(picture, dtype=np.uint8)
+    """The classification set's distractor background (`builtin_data.clutter`) with this set's settings."""
+    return clutter(rng, height, width, short, s.blobs, s.strokes)
 
 
 def _tight_box(mask: np.ndarray) -> np.ndarray | None:
