@@ -136,7 +136,7 @@ def _file(directory: Path, entry: dict[str, Any], profiles: tuple[Profile, ...])
 
 def _run_set(directory: Path) -> ModelSet:
     """A training run as a model set: one dynamic model (PyTorch) from the network's smallest input upward."""
-    from sppnet.reproduce.models import get_network, min_input_size
+    from sppnet.reproduce.models import geometry, get_network, min_input_size
     from sppnet.reproduce.trained import read_model_info
 
     info = read_model_info(directory)
@@ -158,7 +158,7 @@ def _run_set(directory: Path) -> ModelSet:
         "input": {"name": "image"},
         "output": {"name": "logits", "classes": config["num_classes"]},
         "spp": {"levels": config["levels"], "rule": config["rule"], "enabled": config["spp"]},
-        "sizes": {"min": smallest, "max": REFERENCE_MAX_SIZE},
+        "sizes": {"min": smallest, "max": REFERENCE_MAX_SIZE, "layers": geometry(spec)},
         "weights": info["weights"],
     }
     entry = {"file": "model.safetensors", "kind": kind, "scale": scale, "precision": "fp32"}

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sppnet.export.profiles import profile_for
+from sppnet.reproduce.bins import check_pyramid
+from sppnet.reproduce.caffe_shapes import feature_map_size
 from sppnet.reproduce.preprocess import (
     Preprocess,
     center_view,
@@ -132,6 +134,8 @@ def route(height: int, width: int, models: ModelSet) -> Route:
     """The model and profile for an input of height x width; RouteError naming the ranges otherwise."""
     found = _route_or_none(height, width, models)
     if found is not None:
+        if found.kind == "dynamic":
+            _check_binnable(height, width, models)
         return found
     fixed = ", ".join(f"{h}x{w}" for h, w in models.fixed) or "none"
     dynamic = models.dynamic
@@ -140,3 +144,20 @@ def route(height: int, width: int, models: ModelSet) -> Route:
         f"no model takes a {height}x{width} input (fixed sizes: {fixed}; dynamic: {ranges}): use --outside resize, "
         "another --policy, or export with a larger --max-size"
     )
+
+
+def _check_binnable(height: int, width: int, models: ModelSet) -> None:
+    """The window and caffe rules cannot bin every conv5 size: refuse those inputs instead of pooling garbage."""
+    levels, rule = models.spp["levels"], models.spp["rule"]
+    if rule == "adaptive":
+        return
+    conv5 = feature_map_size([tuple(layer) for layer in models.manifest["sizes"]["layers"]], height, width)
+    try:
+        if conv5 is None:
+            raise ValueError("conv5 would be empty")
+        check_pyramid(*conv5, levels, rule)
+    except ValueError as e:
+        raise RouteError(
+            f"a {height}x{width} input cannot be pooled under the {rule} rule ({e}): use another --short-side or "
+            "--policy, or a model trained with rule='adaptive'"
+        ) from None

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from sppnet.reproduce.bins import RULES, spp_bins
+from sppnet.reproduce.bins import RULES, can_bin
 from sppnet.reproduce.spp import DEFAULT_LEVELS, spatial_pyramid_pool
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -133,7 +133,7 @@ def check_kernel_cuda(
         rule, levels, dtype = rng.choice(RULES), tuple(rng.choice(level_sets)), rng.choice(tuple(dtypes))
         height, width = rng.randint(1, max_size), rng.randint(1, max_size)
         batch, channels = rng.randint(1, 4), rng.choice((1, 5, 37, 64, 150))  # few block sizes: few compilations
-        if not _binnable(height, width, levels, rule):
+        if not can_bin(height, width, levels, rule):
             try:
                 spp_triton(torch.zeros(1, 1, height, width, device="cuda", dtype=_DTYPES[dtype]), levels, rule)
             except ValueError:
@@ -149,13 +149,3 @@ def check_kernel_cuda(
         cases += 1
     torch.cuda.synchronize()
     return {"cases": cases, "mismatches": mismatches, "rejected_sizes": rejected, "max_abs_error": max_error}
-
-
-def _binnable(height: int, width: int, levels: Sequence[int], rule: str) -> bool:
-    try:
-        for n in levels:
-            spp_bins(height, n, rule)
-            spp_bins(width, n, rule)
-    except ValueError:
-        return False
-    return True

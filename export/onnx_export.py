@@ -19,8 +19,16 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from sppnet.reproduce.atomic import sha256, write_atomic
-from sppnet.reproduce.bins import spp_bins
-from sppnet.reproduce.models import SPPNet, build_model, feature_sizes, feature_stride, get_network, min_input_size
+from sppnet.reproduce.bins import check_pyramid
+from sppnet.reproduce.models import (
+    SPPNet,
+    build_model,
+    feature_sizes,
+    feature_stride,
+    geometry,
+    get_network,
+    min_input_size,
+)
 from sppnet.reproduce.train import default_preprocess
 from sppnet.reproduce.trained import load_model, read_model_info
 
@@ -87,12 +95,10 @@ def check_scale(model: SPPNet, height: int, width: int) -> tuple[int, int]:
     spec, config = model.spec, model.config
     _, h, w = feature_sizes(spec, height, width)[-1]
     if config.spp:
-        for n in config.levels:
-            for a in (h, w):
-                try:
-                    spp_bins(a, n, config.rule)
-                except ValueError as e:
-                    raise ValueError(f"scale {height}x{width} (conv5 {h}x{w}): {e}") from None
+        try:
+            check_pyramid(h, w, config.levels, config.rule)
+        except ValueError as e:
+            raise ValueError(f"scale {height}x{width} (conv5 {h}x{w}): {e}") from None
     elif (height, width) != (config.input_size or spec.input_size,) * 2:
         size = config.input_size or spec.input_size
         raise ValueError(f"the no-SPP model takes {size}x{size} only, not {height}x{width}: use --scales {size}")
@@ -168,7 +174,8 @@ def export_onnx(
         "output": {"name": OUTPUT, "dtype": "float32", "classes": model.config.num_classes},
         "max_batch": config.max_batch,
         "opt_batch": config.opt_batch,
-        "sizes": {"min": smallest, "max": max_size, "feature_stride": feature_stride(spec)},
+        # `layers` lets the torch-free runtime compute conv5's size and refuse sizes the rule cannot bin.
+        "sizes": {"min": smallest, "max": max_size, "feature_stride": feature_stride(spec), "layers": geometry(spec)},
         "opset": OPSET,
         "producer": {"onnx": onnx.__version__, "torch": torch.__version__},
         "files": entries,

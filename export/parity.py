@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sppnet.reproduce.bins import spp_bins
-from sppnet.reproduce.models import SPPNet, feature_sizes
+from sppnet.reproduce.bins import can_bin
+from sppnet.reproduce.caffe_shapes import feature_map_size
+from sppnet.reproduce.models import SPPNet, geometry
 
 from .manifest import ONNX_FORMAT, read_manifest
 
@@ -81,13 +82,8 @@ def dynamic_sizes(model: SPPNet, smallest: int, largest: int, count: int, seed: 
 
 
 def _binnable(model: SPPNet, size: tuple[int, int]) -> bool:
-    try:
-        _, h, w = feature_sizes(model.spec, *size)[-1]
-        for n in model.config.levels:
-            spp_bins(h, n, model.config.rule), spp_bins(w, n, model.config.rule)
-    except ValueError:
-        return False
-    return True
+    conv5 = feature_map_size(geometry(model.spec), *size)
+    return conv5 is not None and can_bin(*conv5, model.config.levels, model.config.rule)
 
 
 def check_export(

@@ -26,7 +26,7 @@ except ImportError as error:  # pragma: no cover - exercised only where triton i
         "sppnet.export.spp_triton needs Triton: pip install triton (or pip install 'sppnet[gpu]')"
     ) from error
 
-from sppnet.reproduce.bins import check_rule, spp_bins
+from sppnet.reproduce.bins import check_pyramid, check_rule
 from sppnet.reproduce.spp import DEFAULT_LEVELS, check_levels
 
 from .spp_plugin import MAX_BLOCK_C, RULE_CODES, SUPPORTED_DTYPES, block_channels, launch_grid
@@ -129,9 +129,7 @@ def spp_triton(
     _check_input(x)
     num, channels, height, width = x.shape
     # The reference's own validation: the same ValueError wherever a rule cannot bin a size.
-    for n in levels:
-        spp_bins(height, n, rule)
-        spp_bins(width, n, rule)
+    check_pyramid(height, width, levels, rule)
     total = sum(n * n for n in levels)
     out = _check_out(out, x, (num, channels * total))
     if num == 0:

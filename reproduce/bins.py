@@ -6,6 +6,7 @@ Every other piece (the PyTorch layer, window pooling, ONNX graphs, the plugin ke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, get_args
@@ -75,6 +76,22 @@ def _caffe_bins(a: int, n: int, where: str) -> tuple[Bin, ...]:
     if pooled != n or any(end <= start for start, end in bins):
         raise ValueError(f"{where}: Caffe's pooling gives {pooled} windows here, not {n} non-empty ones")
     return bins
+
+
+def check_pyramid(height: int, width: int, levels: Sequence[int], rule: str = "adaptive") -> None:
+    """Raise `spp_bins`' ValueError if any level cannot bin a height x width map under the rule."""
+    for n in levels:
+        spp_bins(height, n, rule)
+        spp_bins(width, n, rule)
+
+
+def can_bin(height: int, width: int, levels: Sequence[int], rule: str = "adaptive") -> bool:
+    """Whether every level can bin a height x width map under the rule (always, for adaptive)."""
+    try:
+        check_pyramid(height, width, levels, rule)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,17 @@ def feature_sizes(spec: NetworkSpec, height: int, width: int) -> list[tuple[str,
     return sizes
 
 
+def geometry(spec: NetworkSpec) -> list[tuple[str, int, int, int]]:
+    """The conv and pool layers as ("conv" | "pool", kernel, stride, pad), for torch-free size arithmetic."""
+    return [
+        ("conv", layer.kernel, layer.stride, layer.pad)
+        if isinstance(layer, Conv)
+        else ("pool", layer.kernel, layer.stride, 0)
+        for layer in spec.layers
+        if not isinstance(layer, LRN)
+    ]
+
+
 def feature_stride(spec: NetworkSpec) -> int:
     """Input pixels per conv5 cell: the product of every conv and pool stride (16 for ZF-5 and Convnet*-5)."""
     stride = 1

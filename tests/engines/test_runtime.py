@@ -259,3 +259,24 @@ def test_the_onnx_runtime_hot_path_never_imports_torch(runtime_onnx: Path) -> No
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_size_the_window_rule_cannot_bin_is_refused_not_pooled_wrongly(tmp_path: Path) -> None:
+    from sppnet.export.onnx_export import ExportConfig, ExportSource, export_onnx
+    from sppnet.reproduce.models import build_model
+    from sppnet.reproduce.train import default_preprocess
+
+    torch.manual_seed(0)
+    model = build_model("zf5_cpu", num_classes=3, rule="window").eval()
+    source = ExportSource(model, ["a", "b", "c"], default_preprocess("zf5_cpu", (112,)).to_json())
+    export_onnx(source, tmp_path, ExportConfig(scales=((112, 112),), precisions=("fp32",), max_size=256))
+    rng = np.random.default_rng(5)
+    square = random_image(rng, 224, 224)
+    with Runtime(tmp_path, policy=Policy("none")) as rt:
+        good, bad = rt.infer([square, random_image(rng, 180, 224)])
+        view = prepare(square, Policy("none"), rt.pre, rt.models)
+    # conv5 of 224 is 13 cells (13 mod n is 0 or 1 for n = 6, 3, 2, 1); of 180 it is 10 (10 mod 6 = 4: 9 windows).
+    with torch.inference_mode():
+        want = model(torch.from_numpy(view.transpose(2, 0, 1)[None].copy())).numpy()[0]
+    assert good.error is None and good.route.kind == "dynamic" and rel_error(good.logits, want) <= 1e-4
+    assert bad.error is not None and "cannot be pooled under the window rule" in bad.error

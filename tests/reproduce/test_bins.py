@@ -150,3 +150,21 @@ def test_uniform_pooling_is_none_only_where_no_single_max_pool_gives_the_bins() 
                     for p in range(k)
                 )
                 assert (uniform_pooling(a, n, rule) is not None) == exists, (a, n, rule)
+
+
+def test_can_bin_and_check_pyramid_agree_with_the_brute_force_rules() -> None:
+    from sppnet.reproduce.bins import can_bin, check_pyramid
+
+    for rule in ("adaptive", "window", "caffe"):
+        for h in range(1, 30):
+            for w in (1, 7, 13, 20):
+                try:
+                    for n in (6, 3, 2, 1):
+                        RULES[rule](h, n), RULES[rule](w, n)
+                    expected = True
+                except NoBins:
+                    expected = False
+                assert can_bin(h, w, (6, 3, 2, 1), rule) == expected, (rule, h, w)
+                if not expected:
+                    with pytest.raises(ValueError, match=rule):
+                        check_pyramid(h, w, (6, 3, 2, 1), rule)

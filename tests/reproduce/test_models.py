@@ -219,3 +219,17 @@ def test_feature_stride_is_the_product_of_conv_and_pool_strides(name: str, strid
         layer[3] if layer[0] == "conv" else layer[2] for layer in table
     )
     assert math.prod(layer[3] if layer[0] == "conv" else layer[2] for layer in table) == stride
+
+
+@pytest.mark.parametrize("name", ["zf5_cpu", "convnet5_cpu", "overfeat7_cpu"])
+def test_the_torch_free_geometry_gives_the_conv5_size_the_network_computes(name: str) -> None:
+    from sppnet.reproduce.caffe_shapes import feature_map_size
+    from sppnet.reproduce.models import geometry, min_input_size
+
+    model = build_model(name, num_classes=2).eval()
+    smallest = min_input_size(model.spec)
+    for h, w in [(smallest, smallest), (smallest, 3 * smallest), (97, 131), (224, 180)]:
+        with torch.no_grad():
+            conv5 = model.features(torch.zeros(1, 3, h, w)).shape[2:]
+        assert feature_map_size(geometry(model.spec), h, w) == tuple(conv5), (h, w)
+    assert feature_map_size(geometry(model.spec), smallest - 1, smallest - 1) is None
