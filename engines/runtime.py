@@ -102,8 +102,13 @@ class Runtime:
             self.models.input_name,
             self.models.output_name,
         )
-        for runner in self.runners.values():
-            runner.activate()
+        try:
+            for runner in self.runners.values():
+                runner.activate()
+        except BaseException:
+            for runner in self.runners.values():  # free what the runners before the failing one hold
+                runner.deactivate()
+            raise
         self._batcher: StreamBatcher | None = None
         self._max_wait_ms = max_wait_ms
 

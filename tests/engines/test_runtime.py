@@ -280,3 +280,23 @@ def test_a_size_the_window_rule_cannot_bin_is_refused_not_pooled_wrongly(tmp_pat
         want = model(torch.from_numpy(view.transpose(2, 0, 1)[None].copy())).numpy()[0]
     assert good.error is None and good.route.kind == "dynamic" and rel_error(good.logits, want) <= 1e-4
     assert bad.error is not None and "cannot be pooled under the window rule" in bad.error
+
+
+def test_a_model_that_fails_to_load_frees_the_ones_loaded_before_it(runtime_onnx: Path, monkeypatch) -> None:
+    import sppnet.engines.runtime as runtime_module
+    from sppnet.engines.runner import RunnerError
+
+    made: list[Runner] = []
+    real = runtime_module.make_runners
+
+    def third_fails(*args: object, **kwargs: object) -> dict[str, Runner]:
+        runners = real(*args, **kwargs)
+        name = list(runners)[2]
+        runners[name]._activate_impl = lambda: (_ for _ in ()).throw(RunnerError(f"{name} is corrupt"))
+        made.extend(runners.values())
+        return runners
+
+    monkeypatch.setattr(runtime_module, "make_runners", third_fails)
+    with pytest.raises(RunnerError, match="is corrupt"):
+        Runtime(runtime_onnx)
+    assert made and not any(r.is_active for r in made)
