@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sppnet.reproduce.bins import RULES
-from sppnet.reproduce.models import NETWORKS
+from sppnet.core.bins import RULES
+from sppnet.core.networks import NETWORKS
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -45,7 +45,7 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 
 
 def _describe(args: argparse.Namespace) -> None:
-    from sppnet.reproduce.describe import describe, format_table
+    from sppnet.core.describe import describe, format_table
 
     height, width = args.size
     rows = describe(
@@ -86,8 +86,9 @@ def _data_make(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from sppnet.core.networks import get_network
     from sppnet.reproduce.solver import SolverConfig
-    from sppnet.reproduce.train import TrainConfig, default_preprocess, train
+    from sppnet.reproduce.train import TrainConfig, train
 
     solver = SolverConfig(base_lr=args.lr, milestones=tuple(args.milestones or ()))
     config = TrainConfig(
@@ -103,16 +104,16 @@ def _train(args: argparse.Namespace) -> None:
         dropout=args.dropout,
         init_std=args.init_std,
         solver=solver,
-        preprocess=default_preprocess(args.model, args.sizes, args.short_side),
+        preprocess=get_network(args.model).default_preprocess(args.sizes, args.short_side),
         on_bad=args.on_bad,
     )
     train(config, args.data, args.out, resume=args.resume, progress=sys.stderr.isatty())
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from sppnet.core.runs import load_model, load_preprocess
     from sppnet.reproduce.datasets import builtin_split, load_images
     from sppnet.reproduce.evaluate import evaluate
-    from sppnet.reproduce.trained import load_model, load_preprocess
 
     model, pre = load_model(args.run_dir), load_preprocess(args.run_dir)
     images, kept, bad = load_images(builtin_split(args.data, args.split), on_bad="skip")
@@ -131,7 +132,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from sppnet.reproduce.main_job import ReproduceConfig, reproduce
+    from sppnet.pipeline.job import ReproduceConfig, reproduce
 
     changes = {
         k: v
@@ -142,8 +143,8 @@ def _reproduce(args: argparse.Namespace) -> None:
     results = reproduce(job, args.out)
     _deploy(results, Path(args.out), parity_sizes=10 if args.quick else 50)
     if args.with_detection:
-        from sppnet.export.deploy import add_to_report
-        from sppnet.reproduce.detection.report_stage import detection_markdown, detection_stage
+        from sppnet.pipeline.deploy import add_to_report
+        from sppnet.pipeline.detect import detection_markdown, detection_stage
 
         run = next(r["run_dir"] for r in results["runs"] if r["variant"] == "spp_multi")
         sizes = {"images": 30, "max_proposals": 100} if args.quick else {}
@@ -155,8 +156,8 @@ def _reproduce(args: argparse.Namespace) -> None:
 def _deploy(results: dict, out: Path, parity_sizes: int) -> None:
     """The main job after training: export the first multi-size SPP run, check it, build its engines, serve
     held-out images of varied sizes through the runtime."""
-    from sppnet.engines.serve_check import held_out_images, serve_check, serve_markdown
-    from sppnet.export.deploy import add_to_report, deploy_markdown, deploy_run
+    from sppnet.pipeline.deploy import add_to_report, deploy_markdown, deploy_run
+    from sppnet.pipeline.serve import held_out_images, serve_check, serve_markdown
 
     run = next(r["run_dir"] for r in results["runs"] if r["variant"] == "spp_multi")
     deployed = deploy_run(run, out, parity_sizes=parity_sizes)
@@ -168,14 +169,15 @@ def _deploy(results: dict, out: Path, parity_sizes: int) -> None:
 
 
 def _bench_train(args: argparse.Namespace) -> None:
+    from sppnet.core.networks import get_network
     from sppnet.reproduce.bench_train import bench_train, format_rows
-    from sppnet.reproduce.train import TrainConfig, default_preprocess, load_data
+    from sppnet.reproduce.train import TrainConfig, load_data
 
     config = TrainConfig(
         model=args.model,
         sizes=args.sizes,
         batch_size=args.batch_size,
-        preprocess=default_preprocess(args.model, args.sizes),
+        preprocess=get_network(args.model).default_preprocess(args.sizes),
     )
     rows = bench_train(config, load_data(args.data, config), args.sizes, args.batches)
     print(json.dumps([r.to_json() for r in rows]) if args.json else format_rows(rows, args.model))
@@ -225,8 +227,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _parity(args: argparse.Namespace) -> None:
+    from sppnet.engines.parity import check_export, format_summary, summarise
     from sppnet.export.onnx_export import source_of_export
-    from sppnet.export.parity import check_export, format_summary, summarise
 
     model = source_of_export(args.onnx, args.checkpoint).model
     rows = check_export(model, args.onnx, dynamic_count=args.sizes, batch=args.batch, seed=args.seed)
@@ -340,10 +342,10 @@ def _detect_config(args: argparse.Namespace, input_size: int) -> object:
 
 
 def _detect_train(args: argparse.Namespace) -> None:
+    from sppnet.core.runs import load_model, load_preprocess
     from sppnet.reproduce.detection.detector_io import save_detectors
     from sppnet.reproduce.detection.pipeline import load_proposals, read_split, train_mode
     from sppnet.reproduce.detection.proposals import ProposalCache
-    from sppnet.reproduce.trained import load_model, load_preprocess
 
     model, pre = load_model(args.checkpoint).eval(), load_preprocess(args.checkpoint)
     config = _detect_config(args, pre.crop)
@@ -378,11 +380,11 @@ def _detect_test(args: argparse.Namespace) -> None:
 
 
 def _detect_image(args: argparse.Namespace) -> None:
+    from sppnet.core.images import load_bgr
     from sppnet.reproduce.detection.detector_io import config_from_json, load_detectors
     from sppnet.reproduce.detection.pipeline import SplitFeatures, detect, extract
     from sppnet.reproduce.detection.proposals import ProposalCache
     from sppnet.reproduce.detection.voc import DetImage
-    from sppnet.reproduce.images import load_bgr
 
     info, model, pre, detectors = load_detectors(args.detector)
     config = config_from_json(info["config"])
@@ -405,8 +407,8 @@ def _detect_image(args: argparse.Namespace) -> None:
 
 
 def _bench_detect(args: argparse.Namespace) -> None:
+    from sppnet.core.runs import load_model, load_preprocess
     from sppnet.reproduce.detection.bench_detect import bench_detect, format_timings
-    from sppnet.reproduce.trained import load_model, load_preprocess
 
     model, pre = load_model(args.checkpoint), load_preprocess(args.checkpoint)
     config = _detect_config(args, pre.crop)

@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from sppnet.reproduce.preprocess import subtract_mean, to_chw_batch
-
-from .routing import Policy, route
-from .runner import Runner
-from .runtime import NATIVE, Runtime
+from sppnet.core.preprocess import subtract_mean, to_chw_batch
+from sppnet.engines.backends.base import Runner
+from sppnet.engines.routing import Policy, route
+from sppnet.engines.runtime import NATIVE, Runtime
 
 
 @dataclass(frozen=True)
@@ -164,8 +163,8 @@ def _torch_pass(rt: Runtime, stream: list[np.ndarray], groups: dict, routes: lis
     """PyTorch eager on the same same-size batches (the model the directory was exported from)."""
     import torch
 
+    from sppnet.core.runs import load_model
     from sppnet.export.onnx_export import source_of_export
-    from sppnet.reproduce.trained import load_model
 
     models = rt.models
     if models.kind == "run":

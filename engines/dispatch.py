@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sppnet.reproduce.preprocess import to_chw_batch
-
-from .routing import Route
-from .runner import OutOfMemory, Runner
+from sppnet.core.preprocess import to_chw_batch
+from sppnet.engines.backends.base import OutOfMemory, Runner
+from sppnet.engines.routing import Route
 
 Outcome = np.ndarray | Exception
 

@@ -5,7 +5,7 @@ the ONNX file it was built from (ONNX Runtime, CPU) on the same random inputs, t
 
 Fixed engines run at their scale (batch 1 and max); the dynamic engine at many sizes across its range (each on the
 profile the runtime would pick, batch 1) and at each profile's max batch. Errors are those of
-`sppnet.export.parity.compare` (max |engine - onnx| over the largest |onnx logit|, with its tolerances). Timings go
+`sppnet.engines.parity.compare` (max |engine - onnx| over the largest |onnx logit|, with its tolerances). Timings go
 through `infer` (pinned copies both ways included), after warm-up: batch-1 latency and max-batch throughput at
 each profile's tuned size. No GPU, or TensorRT-RTX refusing this GPU, ends the run with one line on stderr (its
 exact message) and the JSON so far on stdout; exit status 1 for any failure.
@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from sppnet.core.atomic import sha256_file
+from sppnet.engines.backends.base import RunnerError
+from sppnet.engines.backends.trt import CUDA_APIS, TensorRTRunner, load_cuda
 from sppnet.export.build import check_engine_dir, engine_profiles
 from sppnet.export.manifest import MANIFEST, ONNX_FORMAT, ManifestError, read_manifest
 from sppnet.export.profiles import Profile, profile_for
-from sppnet.reproduce.atomic import sha256_file
-
-from .backend_tensorrt import CUDA_APIS, TensorRTRunner, load_cuda
-from .runner import RunnerError
 
 
 class CheckError(RuntimeError):
@@ -116,7 +115,7 @@ def check_engine(
     warmup: int,
 ) -> dict[str, Any]:
     """Parity rows, their summary and timings for one active runner."""
-    from sppnet.export.parity import compare, random_images, summarise  # torch: the GPU machine has it
+    from sppnet.engines.parity import compare, random_images, summarise  # torch: the GPU machine has it
 
     rng = np.random.default_rng(seed)
     scale = float(manifest["preprocess"].get("scale", 1.0))
@@ -185,7 +184,7 @@ def run_checks(args: argparse.Namespace, report: dict[str, Any]) -> bool:
 
 
 def _session(path: Path) -> Any:
-    from sppnet.export.parity import onnx_session
+    from sppnet.engines.parity import onnx_session
 
     try:
         return onnx_session(path)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sppnet.core.preprocess import Preprocess
 from sppnet.export.build import check_engine_dir, engine_profiles, profiles_for
 from sppnet.export.manifest import ENGINE_FORMAT, MANIFEST, ONNX_FORMAT, read_manifest
 from sppnet.export.profiles import Profile, fixed_profile
-from sppnet.reproduce.preprocess import Preprocess
 
 KINDS = ("engines", "onnx", "run")
 # The PyTorch reference takes any size; this bounds what the runtime sends it.
@@ -136,8 +136,8 @@ def _file(directory: Path, entry: dict[str, Any], profiles: tuple[Profile, ...])
 
 def _run_set(directory: Path) -> ModelSet:
     """A training run as a model set: one dynamic model (PyTorch) from the network's smallest input upward."""
-    from sppnet.reproduce.models import geometry, get_network, min_input_size
-    from sppnet.reproduce.trained import read_model_info
+    from sppnet.core.networks import geometry, get_network, min_input_size
+    from sppnet.core.runs import read_model_info
 
     info = read_model_info(directory)
     config = info["model"]

@@ -1,7 +1,7 @@
 """Image -> network input -> route: the resize policy, the exact Caffe preprocessing, and the model that takes it.
 
 A policy decides the input size (PAPER.md section 5); the preprocessing is the training pipeline's own
-(`sppnet.reproduce.preprocess`). The route is the exact fixed-size model when the size matches one, otherwise the
+(`sppnet.core.preprocess`). The route is the exact fixed-size model when the size matches one, otherwise the
 dynamic model's tightest optimisation profile that covers the size, otherwise an error or, with
 `outside="resize"`, the image rescaled (aspect kept) into the dynamic range.
 """
@@ -13,18 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sppnet.export.profiles import profile_for
-from sppnet.reproduce.bins import check_pyramid
-from sppnet.reproduce.caffe_shapes import feature_map_size
-from sppnet.reproduce.preprocess import (
+from sppnet.core.bins import check_pyramid
+from sppnet.core.caffe_shapes import feature_map_size
+from sppnet.core.preprocess import (
     Preprocess,
     center_view,
     full_view,
     resize_to,
     subtract_mean,
 )
-
-from .model_set import ModelSet
+from sppnet.engines.model_set import ModelSet
+from sppnet.export.profiles import profile_for
 
 POLICIES = ("full", "center-crop", "nearest", "none")
 OUTSIDE = ("error", "resize")

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from sppnet.reproduce.images import DEFAULT_MAX_PIXELS, load_bgr
-
-from .dispatch import Executor, Item, StreamBatcher, run_batches
-from .model_set import ModelSet, load_model_set
-from .routing import Policy, Route, prepare, route
-from .runner import Runner
+from sppnet.core.images import DEFAULT_MAX_PIXELS, load_bgr
+from sppnet.engines.backends.base import Runner
+from sppnet.engines.dispatch import Executor, Item, StreamBatcher, run_batches
+from sppnet.engines.model_set import ModelSet, load_model_set
+from sppnet.engines.routing import Policy, Route, prepare, route
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 NATIVE = {"engines": "tensorrt", "onnx": "onnxruntime", "run": "torch"}
@@ -58,14 +57,14 @@ def make_runners(models: ModelSet, backend: str, **options: Any) -> dict[str, Ru
             "(engines: `sppnet build`; onnxruntime: `sppnet export`; torch: a training run)"
         )
     if chosen == "onnxruntime":
-        from .backend_onnxruntime import OnnxRuntimeRunner
+        from sppnet.engines.backends.onnxrt import OnnxRuntimeRunner
 
         return {f.name: OnnxRuntimeRunner(f.path, **options) for f in models.files}
     if chosen == "torch":
-        from .backend_torch import TorchRunner
+        from sppnet.engines.backends.pyt import TorchRunner
 
         return {f.name: TorchRunner(models.directory, **options) for f in models.files}
-    from .backend_tensorrt import TensorRTRunner
+    from sppnet.engines.backends.trt import TensorRTRunner
 
     return {f.name: TensorRTRunner(f.path, models.manifest, f.entry, **options) for f in models.files}
 
@@ -184,7 +183,7 @@ def _check_array(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
         raise ValueError(
             f"an image array must be BGR uint8 of shape (H, W, 3); got {image.dtype} {image.shape}: "
-            "decode files with sppnet.reproduce.images.load_bgr"
+            "decode files with sppnet.core.images.load_bgr"
         )
     return image
 

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sppnet.core.atomic import sha256_file, write_atomic
 from sppnet.export.build import check_engine_dir, engine_profiles
 from sppnet.export.manifest import MANIFEST
-from sppnet.reproduce.atomic import sha256_file, write_atomic
 
 REPOSITORY_FORMAT = "sppnet-triton-repository"
 ROUTING = "routing.json"

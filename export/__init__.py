@@ -1,1 +1,4 @@
-"""ONNX export and TensorRT engine building (see DESIGN.md); filled in by the export issue."""
+"""ONNX export, engine building and the typed manifests the runtime reads.
+
+Built on `sppnet.core` and the paper pipeline; imports nothing from the runtime or the CLI.
+"""

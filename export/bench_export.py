@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .manifest import ONNX_FORMAT, read_manifest
-from .onnx_export import ExportConfig, export_onnx, source_untrained
+from sppnet.export.manifest import ONNX_FORMAT, read_manifest
+from sppnet.export.onnx_export import ExportConfig, export_onnx, source_untrained
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def bench_export(
     log: Callable[[str], None] | None = None,
 ) -> list[ExportRow]:
     """Export each network (Caffe-initialised weights: timing does not depend on training) and build its engines."""
-    from .build import build_engines
+    from sppnet.export.build import build_engines
 
     rows = []
     for network in networks:

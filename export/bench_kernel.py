@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from sppnet.reproduce.bins import RULES, can_bin
-from sppnet.reproduce.spp import DEFAULT_LEVELS, spatial_pyramid_pool
+from sppnet.core.bins import DEFAULT_LEVELS, RULES, can_bin
+from sppnet.core.spp import spatial_pyramid_pool
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -46,7 +46,7 @@ def _require_cuda(what: str) -> None:
 
 
 def _native_kernel(what: str) -> Callable[..., Tensor]:
-    from .spp_triton import interpreted, spp_triton
+    from sppnet.export.spp_triton import interpreted, spp_triton
 
     if interpreted():
         raise RuntimeError(f"{what} measures the native kernel: unset TRITON_INTERPRET and start a new process")

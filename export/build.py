@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sppnet.reproduce.atomic import sha256, sha256_file, write_atomic
-
-from .manifest import (
+from sppnet.core.atomic import sha256, sha256_file, write_atomic
+from sppnet.export.manifest import (
     ENGINE_FORMAT,
     FIX,
     MANIFEST,
@@ -29,8 +28,8 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
-from .profiles import Profile, dynamic_profiles, fixed_profile
-from .trt_builder import Backend, EngineFromNetwork, NetworkFromOnnx, load_backend, target_capabilities
+from sppnet.export.profiles import Profile, dynamic_profiles, fixed_profile
+from sppnet.export.trt_builder import Backend, EngineFromNetwork, NetworkFromOnnx, load_backend, target_capabilities
 
 PRECISIONS = ("fp32", "fp16")
 KINDS = ("fixed", "dynamic")
@@ -84,7 +83,7 @@ def _check_onnx_manifest(manifest: dict[str, Any], path: Path) -> None:
 def plugin_status() -> tuple[bool, str]:
     """Whether the sppnet SPP plugin is registered with full TensorRT, and if not, why."""
     try:
-        from .trt_plugin import register_spp_plugin
+        from sppnet.export.trt_plugin import register_spp_plugin
     except ImportError as e:
         return False, f"the sppnet SPP plugin cannot be imported ({e})"
     try:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sppnet.reproduce.atomic import read_json, sha256_file, write_atomic
+from sppnet.core.atomic import read_json, sha256_file, write_atomic
 
 MANIFEST = "manifest.json"
 ONNX_FORMAT = "sppnet-onnx"

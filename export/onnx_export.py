@@ -18,23 +18,14 @@ import onnx
 import torch
 from safetensors.torch import save as save_safetensors
 
-from sppnet.reproduce.atomic import sha256, write_atomic
-from sppnet.reproduce.bins import check_pyramid
-from sppnet.reproduce.models import (
-    SPPNet,
-    build_model,
-    feature_sizes,
-    feature_stride,
-    geometry,
-    get_network,
-    min_input_size,
-)
-from sppnet.reproduce.train import default_preprocess
-from sppnet.reproduce.trained import load_model, read_model_info
-
-from .manifest import ONNX_FORMAT, VERSION, file_entry, read_manifest, write_manifest
-from .onnx_builder import OPSET, PRECISIONS
-from .onnx_model import INPUT, OUTPUT, check_onnx, model_to_onnx
+from sppnet.core.atomic import sha256, write_atomic
+from sppnet.core.bins import check_pyramid
+from sppnet.core.models import SPPNet, build_model
+from sppnet.core.networks import feature_sizes, feature_stride, geometry, get_network, min_input_size
+from sppnet.core.runs import load_model, read_model_info
+from sppnet.export.manifest import ONNX_FORMAT, VERSION, file_entry, read_manifest, write_manifest
+from sppnet.export.onnx_builder import OPSET, PRECISIONS
+from sppnet.export.onnx_model import INPUT, OUTPUT, check_onnx, model_to_onnx
 
 
 @dataclass(frozen=True)
@@ -87,7 +78,7 @@ def source_untrained(network: str, *, num_classes: int = 1000, seed: int = 0) ->
         "seed": seed,
     }
     classes = [f"class_{i}" for i in range(num_classes)]
-    return ExportSource(model, classes, default_preprocess(network, spec.train_sizes).to_json(), weights)
+    return ExportSource(model, classes, get_network(network).default_preprocess(spec.train_sizes).to_json(), weights)
 
 
 def check_scale(model: SPPNet, height: int, width: int) -> tuple[int, int]:

@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from sppnet.reproduce.models import LRN, Conv, Pool, SPPNet, feature_sizes
-
-from .onnx_builder import GraphBuilder
-from .onnx_spp import decomposed_spp, plugin_spp, static_spp
+from sppnet.core.models import SPPNet
+from sppnet.core.networks import LRN, Conv, Pool, feature_sizes
+from sppnet.export.onnx_builder import GraphBuilder
+from sppnet.export.onnx_spp import decomposed_spp, plugin_spp, static_spp
 
 SPP_FORMS = ("static", "decomposed", "plugin")
 INPUT, OUTPUT = "image", "logits"

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sppnet.reproduce.bins import check_rule, spp_bins, uniform_pooling
-
-from .onnx_builder import GraphBuilder
-from .spp_plugin import ONNX_DOMAIN, ONNX_OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from sppnet.core.bins import check_rule, spp_bins, uniform_pooling
+from sppnet.export.onnx_builder import GraphBuilder
+from sppnet.export.spp_plugin import ONNX_DOMAIN, ONNX_OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 
 def static_spp(g: GraphBuilder, x: str, height: int, width: int, levels: Sequence[int], rule: str) -> str:

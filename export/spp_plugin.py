@@ -11,8 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sppnet.reproduce.bins import RULES, check_rule
-from sppnet.reproduce.spp import DEFAULT_LEVELS, check_levels
+from sppnet.core.bins import DEFAULT_LEVELS, RULES, check_levels, check_rule
 
 PLUGIN_NAME = "SpatialPyramidPooling"
 PLUGIN_NAMESPACE = "sppnet"

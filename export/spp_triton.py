@@ -1,6 +1,6 @@
 """The SPP plugin's kernel, written once in Triton: the whole pyramid for any H, W, bins computed in the kernel.
 
-Bin edges come from the rule formulas in integer arithmetic (the same ones `sppnet.reproduce.bins.spp_bins` uses),
+Bin edges come from the rule formulas in integer arithmetic (the same ones `sppnet.core.bins.spp_bins` uses),
 so a dynamic-shape engine needs no per-shape tables. One program pools one output bin of one image for a block of
 channels. It runs natively on CUDA tensors, and on CPU tensors under the Triton interpreter (`TRITON_INTERPRET=1`
 set before this module is first imported), which is how CI checks it exactly.
@@ -26,10 +26,8 @@ except ImportError as error:  # pragma: no cover - exercised only where triton i
         "sppnet.export.spp_triton needs Triton: pip install triton (or pip install 'sppnet[gpu]')"
     ) from error
 
-from sppnet.reproduce.bins import check_pyramid, check_rule
-from sppnet.reproduce.spp import DEFAULT_LEVELS, check_levels
-
-from .spp_plugin import MAX_BLOCK_C, RULE_CODES, SUPPORTED_DTYPES, block_channels, launch_grid
+from sppnet.core.bins import DEFAULT_LEVELS, check_levels, check_pyramid, check_rule
+from sppnet.export.spp_plugin import MAX_BLOCK_C, RULE_CODES, SUPPORTED_DTYPES, block_channels, launch_grid
 
 _ADAPTIVE = tl.constexpr(RULE_CODES["adaptive"])
 _WINDOW = tl.constexpr(RULE_CODES["window"])
@@ -121,7 +119,7 @@ def spp_triton(
 ) -> Tensor:
     """SPP of whole maps with the Triton kernel: (N, C, H, W) -> (N, C * sum(n^2)) in Caffe's order.
 
-    Same result as `sppnet.reproduce.spp.spatial_pyramid_pool`, bit for bit. `out`, when given, must be a contiguous
+    Same result as `sppnet.core.spp.spatial_pyramid_pool`, bit for bit. `out`, when given, must be a contiguous
     (N, C * sum(n^2)) tensor of x's dtype on x's device; `block_c` (channels per program) defaults by C.
     """
     check_rule(rule)

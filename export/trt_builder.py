@@ -17,9 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from sppnet.reproduce.atomic import write_atomic
-
-from .profiles import Profile
+from sppnet.core.atomic import write_atomic
+from sppnet.export.profiles import Profile
 
 MODULES = ("tensorrt", "tensorrt_rtx")
 INSTALL_HINT = (

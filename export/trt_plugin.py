@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .spp_plugin import (
+from sppnet.export.spp_plugin import (
     PLUGIN_ID,
     SPPAttributes,
     autotune_formats,
@@ -93,7 +93,7 @@ def _launch(inp0: Any, out0: Any, attributes: SPPAttributes, stream: int) -> Non
     """Run the Triton kernel on TensorRT's buffers (zero-copy torch views) on TensorRT's stream."""
     import torch
 
-    from .spp_triton import spp_triton
+    from sppnet.export.spp_triton import spp_triton
 
     with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
         x = torch.as_tensor(inp0, device="cuda")

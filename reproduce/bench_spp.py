@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .spp import DEFAULT_LEVELS, spatial_pyramid_pool, spp_naive
+from sppnet.core.bins import DEFAULT_LEVELS
+from sppnet.core.spp import spatial_pyramid_pool, spp_naive
 
 
 @dataclass(frozen=True)

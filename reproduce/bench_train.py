@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .solver import build_solver
-from .train import Context, TrainConfig, TrainData, _batches, _prefetch, build_for
+from sppnet.reproduce.solver import build_solver
+from sppnet.reproduce.train import Context, TrainConfig, TrainData, _batches, _prefetch, build_for
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from .atomic import read_json, sha256, write_atomic
+from sppnet.core.atomic import read_json, sha256, write_atomic
+from sppnet.core.runs import check_fits, read_tensors
 
 FORMAT = "sppnet-checkpoint"
 VERSION = 1
@@ -206,45 +206,6 @@ def read_checkpoint_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} is not an {FORMAT} version {VERSION} file: pass a directory written by save_checkpoint"
         )
     return meta
-
-
-def read_tensors(
-    directory: Path,
-    entry: dict[str, str],
-    fix: str = "the checkpoint is damaged; restore it from another checkpoint or re-save it",
-) -> dict[str, torch.Tensor]:
-    """Read a safetensors file named in a JSON entry {"file", "sha256"}, checking its sha256 first; never pickle."""
-    path = directory / entry["file"]
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ValueError(f"tensor file {path} cannot be read ({e.strerror}): {fix}") from e
-    digest = sha256(data)
-    if digest != entry["sha256"]:
-        raise ValueError(
-            f"tensor file {path} is corrupt or truncated: its sha256 {digest[:16]}... does not match "
-            f"{entry['sha256'][:16]}... recorded beside it; {fix}"
-        )
-    return load_safetensors(data)
-
-
-def check_fits(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path, made_for: str) -> None:
-    """Raise naming the first key that is missing, unexpected or of another shape in `found`."""
-    for key, tensor in expected.items():
-        if key not in found:
-            problem = f"{key} is missing from the checkpoint"
-            break
-        if tuple(found[key].shape) != tuple(tensor.shape):
-            problem = (
-                f"{key} has shape {tuple(found[key].shape)} in the checkpoint but {tuple(tensor.shape)} in the model"
-            )
-            break
-    else:
-        unexpected = [key for key in found if key not in expected]
-        if not unexpected:
-            return
-        problem = f"{unexpected[0]} is in the checkpoint but not in the model"
-    raise ValueError(f"{path} does not fit this model{made_for}: {problem}; build the model it was saved from")
 
 
 def _optimizer_state_dict(meta: dict[str, Any], tensors: dict[str, torch.Tensor], names: list[str]) -> dict[str, Any]:

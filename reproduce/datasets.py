@@ -16,7 +16,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from sppnet.reproduce.images import ImageError, load_bgr
+from sppnet.core.images import ImageError, load_bgr
 
 Kind = Literal["single-label", "multi-label"]
 KINDS: tuple[str, ...] = get_args(Kind)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .models import feature_sizes, feature_stride
-from .preprocess import (
+from sppnet.core.networks import feature_sizes, feature_stride
+from sppnet.core.preprocess import (
     Preprocess,
     center_crop,
     center_view,
@@ -30,7 +30,7 @@ from .preprocess import (
     ten_views,
     to_chw_batch,
 )
-from .windows import image_boxes_to_cells
+from sppnet.reproduce.windows import image_boxes_to_cells
 
 MODES: tuple[str, ...] = ("crop", "10view", "full", "multiview")
 # The paper's multi-view scales for its 224 crop (PAPER.md section 5); other crops scale them.
@@ -115,10 +115,11 @@ def pooled_views(model: nn.Module, img: np.ndarray, pre: Preprocess, scale: int)
     resized = resize_short_side(img, scale)
     height, width = resized.shape[:2]
     boxes = multiview_windows(height, width, pre.crop)
-    maps = model.features(_tensor([subtract_mean(resized, pre), subtract_mean(hflip(resized), pre)], _device(model)))
+    views = [subtract_mean(resized, pre), subtract_mean(hflip(resized), pre)]
+    maps = model.forward_features(_tensor(views, _device(model)))
     cells = torch.from_numpy(image_boxes_to_cells(boxes, feature_stride(model.spec), maps.shape[2], maps.shape[3]))
     image_index = torch.arange(2).repeat_interleave(len(boxes))
-    return model.pool.pool_windows(maps, cells.repeat(2, 1), image_index)
+    return model.pool_windows(maps, cells.repeat(2, 1), image_index)
 
 
 def _multiview_scores(model: nn.Module, img: np.ndarray, pre: Preprocess, scales: tuple[int, ...]) -> np.ndarray:
@@ -127,8 +128,8 @@ def _multiview_scores(model: nn.Module, img: np.ndarray, pre: Preprocess, scales
     pooled = [pooled_views(model, img, pre, s) for s in scales]
     full = resize_short_side(img, pre.short_side)
     full_views = _tensor([subtract_mean(full, pre), subtract_mean(hflip(full), pre)], device)
-    pooled.append(model.pool(model.features(full_views)))
-    return _softmax(model.classifier(torch.cat(pooled)))
+    pooled.append(model.pool(model.forward_features(full_views)))
+    return _softmax(model.forward_head(torch.cat(pooled)))
 
 
 def _chunks(items: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[list[tuple[int, np.ndarray]]]:

@@ -16,24 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import write_atomic
+from sppnet.core.atomic import write_atomic
 
 FORMAT = 1
 VARIANTS = ("no_spp", "spp_single", "spp_multi")
 SPP_VARIANTS = ("spp_single", "spp_multi")
 LABELS = {"no_spp": "no SPP", "spp_single": "SPP single-size", "spp_multi": "SPP multi-size"}
 SHORT_LABELS = {"no_spp": "no SPP", "spp_single": "SPP single", "spp_multi": "SPP multi"}
-PAPER_NAMES = {"zf5": "ZF-5", "convnet5": "Convnet*-5", "overfeat5": "Overfeat-5", "overfeat7": "Overfeat-7"}
 # The network whose paper numbers stand in when a network has none of its own (PAPER.md section 6 asks for
-# ZF-5's effects).
+# ZF-5's effects). The numbers themselves are kept with each network (sppnet.core.networks.PaperResult).
 FALLBACK_PAPER_NETWORK = "zf5"
-
-# Paper Table 3 (PAPER.md section 6): top-1 error %, (1 center crop, full image), ImageNet 2012 val. The paper
-# gives it for ZF-5 and Overfeat-7 only; models.py holds Table 2.
-PAPER_CROP_VS_FULL: dict[str, dict[str, tuple[float, float]]] = {
-    "zf5": {"spp_single": (38.01, 37.55), "spp_multi": (37.57, 37.07)},
-    "overfeat7": {"spp_single": (33.18, 32.72), "spp_multi": (32.57, 31.25)},
-}
 
 REQUIRED_SETTINGS = ("network", "epochs", "seeds", "quick", "train_sizes", "test_sizes", "preprocess")
 REQUIRED_RUN = ("variant", "seed", "history", "eval")
@@ -142,7 +134,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             "network": paper["network"],
             "label": paper["label"],
             "table3_network": paper["table3_network"],
-            "table3_label": PAPER_NAMES.get(paper["table3_network"] or "", paper["table3_network"]),
+            "table3_label": paper["table3_label"],
         },
         "variants": variants,
         "table3": table3,
@@ -222,31 +214,27 @@ def _stat(values: Iterable[float]) -> dict[str, Any] | None:
 
 
 def _paper_reference(network: str) -> dict[str, Any]:
-    """Paper Table 2 and 3 numbers for `network`, its parent for a CPU preset, else ZF-5's."""
-    from .models import get_network  # torch loads only when a report is made, not when this module is imported
+    """Paper Table 2 and 3 numbers for `network` (kept with its spec), its parent's for a CPU preset, else ZF-5's."""
+    from sppnet.core.networks import NETWORKS
 
-    name = network
-    try:
-        spec = get_network(network)
-        if spec.paper is None and spec.preset_of is not None:
-            name, spec = spec.preset_of, get_network(spec.preset_of)
-    except ValueError:
-        spec = None
+    spec = NETWORKS.get(network)
+    if spec is not None and spec.paper is None and spec.preset_of is not None:
+        spec = NETWORKS[spec.preset_of]
     if spec is None or spec.paper is None:
-        name, spec = FALLBACK_PAPER_NETWORK, get_network(FALLBACK_PAPER_NETWORK)
-    assert spec.paper is not None
-    table2 = {
-        "no_spp": spec.paper.no_spp,
-        "spp_single": spec.paper.spp_single_size,
-        "spp_multi": spec.paper.spp_multi_size,
-    }
-    table3_network = name if name in PAPER_CROP_VS_FULL else FALLBACK_PAPER_NETWORK
+        spec = NETWORKS[FALLBACK_PAPER_NETWORK]
+    paper = spec.paper
+    assert paper is not None
+    table3_spec = spec if paper.crop_vs_full_single is not None else NETWORKS[FALLBACK_PAPER_NETWORK]
+    table3 = table3_spec.paper
+    assert table3 is not None and table3.crop_vs_full_single is not None and table3.crop_vs_full_multi is not None
+    table2 = {"no_spp": paper.no_spp, "spp_single": paper.spp_single_size, "spp_multi": paper.spp_multi_size}
     return {
-        "network": name,
-        "label": PAPER_NAMES.get(name, name),
+        "network": spec.name,
+        "label": paper.label,
         "table2": {v: {"top1": t1, "top5": t5} for v, (t1, t5) in table2.items()},
-        "table3": PAPER_CROP_VS_FULL[table3_network],
-        "table3_network": table3_network,
+        "table3": {"spp_single": table3.crop_vs_full_single, "spp_multi": table3.crop_vs_full_multi},
+        "table3_network": table3_spec.name,
+        "table3_label": table3.label,
     }
 
 
@@ -256,7 +244,7 @@ def _paper_delta(effect: Effect, paper: dict[str, Any]) -> tuple[float, str]:
         a, b = paper["table2"][mv]["top1"], paper["table2"][rv]["top1"]
         return round(a - b, 2), paper["label"]
     crop, full = paper["table3"][mv]
-    return round(full - crop, 2), PAPER_NAMES.get(paper["table3_network"], paper["table3_network"])
+    return round(full - crop, 2), paper["table3_label"]
 
 
 def _effect(effect: Effect, errors: dict[str, Any], paper: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ and a 2-process run draws the same views as a 1-process one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import threading
@@ -24,14 +23,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint, write_atomic
-from .datasets import builtin_split, load_images
-from .evaluate import evaluate
-from .models import SPPNet, build_model, feature_sizes, get_network
-from .preprocess import Preprocess, to_chw_batch, train_view
-from .solver import SolverConfig, build_solver, set_epoch_lr
-from .spp import DEFAULT_LEVELS
-from .trained import save_trained
+from sppnet.core.atomic import write_atomic
+from sppnet.core.bins import DEFAULT_LEVELS
+from sppnet.core.models import SPPNet, build_model
+from sppnet.core.networks import feature_sizes, get_network
+from sppnet.core.preprocess import Preprocess, to_chw_batch, train_view
+from sppnet.core.runs import save_trained
+from sppnet.reproduce.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from sppnet.reproduce.datasets import builtin_split, load_images
+from sppnet.reproduce.evaluate import evaluate
+from sppnet.reproduce.solver import SolverConfig, build_solver, set_epoch_lr
 
 SizeSchedule = Literal["alternate", "random"]
 CHECKPOINT_DIR = "checkpoint"
@@ -314,15 +315,6 @@ def train(
     return history
 
 
-def default_preprocess(model: str, sizes: Sequence[int], short_side: int | None = None) -> Preprocess:
-    """The paper's geometry scaled to the largest training size (crop = max(sizes), short side 256/224 of it),
-    with the network's input scale."""
-    crop = max(sizes)
-    return Preprocess(
-        crop=crop, short_side=short_side or math.ceil(crop * 256 / 224), scale=get_network(model).input_scale
-    )
-
-
 def with_sizes(config: TrainConfig, sizes: Sequence[int]) -> TrainConfig:
     """The same config at other training sizes, with the preprocessing scaled to match."""
-    return replace(config, sizes=tuple(sizes), preprocess=default_preprocess(config.model, sizes))
+    return replace(config, sizes=tuple(sizes), preprocess=get_network(config.model).default_preprocess(sizes))

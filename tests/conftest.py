@@ -9,8 +9,9 @@ from types import ModuleType
 
 import pytest
 
+from sppnet.core.networks import get_network
 from sppnet.reproduce.builtin_data import make_classification_dataset
-from sppnet.reproduce.train import TrainConfig, default_preprocess, train
+from sppnet.reproduce.train import TrainConfig, train
 
 TRAINED_SIZES = (112, 90)  # zf5_cpu's multi-size pair
 
@@ -45,7 +46,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         epochs=2,
         batch_size=16,
         seed=1,
-        preprocess=default_preprocess("zf5_cpu", TRAINED_SIZES),
+        preprocess=get_network("zf5_cpu").default_preprocess(TRAINED_SIZES),
     )
     train(config, root / "data", root / "run")
     return root / "run"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .boxes import apply_deltas, as_boxes, bbox_targets, box_iou
+from sppnet.reproduce.detection.boxes import apply_deltas, as_boxes, bbox_targets, box_iou
 
 _IOU_CHUNK = 1024
 

@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from sppnet.reproduce.images import load_bgr
-from sppnet.reproduce.models import SPPNet
-from sppnet.reproduce.preprocess import Preprocess
-
-from .features import rcnn_features, window_features
-from .pipeline import MODE_NAMES, DetectConfig
-from .proposals import ProposalSettings, selective_search
+from sppnet.core.images import load_bgr
+from sppnet.core.models import SPPNet
+from sppnet.core.preprocess import Preprocess
+from sppnet.reproduce.detection.features import rcnn_features, window_features
+from sppnet.reproduce.detection.pipeline import MODE_NAMES, DetectConfig
+from sppnet.reproduce.detection.proposals import ProposalSettings, selective_search
 
 
 @dataclass(frozen=True)

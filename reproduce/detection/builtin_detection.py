@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sppnet.reproduce.atomic import write_atomic
+from sppnet.core.atomic import write_atomic
 from sppnet.reproduce.builtin_data import (
     DEFAULT_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,

@@ -15,15 +15,13 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
-from torch import nn
 
-from sppnet.reproduce.atomic import read_json, sha256, write_atomic
-from sppnet.reproduce.trained import load_model, load_preprocess, read_model_info
-
-from .bbox_regression import BBoxRegressionConfig, BBoxRegressor
-from .pipeline import DetectConfig, Detector
-from .proposals import ProposalSettings
-from .svm import SVMBank, SVMConfig
+from sppnet.core.atomic import read_json, sha256, write_atomic
+from sppnet.core.runs import load_model, load_preprocess, read_model_info
+from sppnet.reproduce.detection.bbox_regression import BBoxRegressionConfig, BBoxRegressor
+from sppnet.reproduce.detection.pipeline import DetectConfig, Detector
+from sppnet.reproduce.detection.proposals import ProposalSettings
+from sppnet.reproduce.detection.svm import SVMBank, SVMConfig
 
 FORMAT = "sppnet-detector"
 INFO = "detector.json"
@@ -106,7 +104,7 @@ def load_detectors(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, An
     tuned = None
     if "ftfc" in info["files"]:
         tuned = copy.deepcopy(model)
-        tuned.classifier.fc8 = nn.Linear(tuned.classifier.fc7.out_features, num_classes + 1)
+        tuned.reset_classifier(num_classes + 1)
         tuned.classifier.load_state_dict(load_safetensors(_read(out, info["files"]["ftfc"])))
         tuned.eval()
     detectors = []

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..models import SPPNet, feature_sizes, feature_stride
-from ..preprocess import Preprocess, resize_to, short_side_size, subtract_mean, to_chw_batch
-from ..spp import SpatialPyramidPooling
-from ..windows import image_boxes_to_cells
+from sppnet.core.models import SPPNet
+from sppnet.core.networks import feature_sizes, feature_stride
+from sppnet.core.preprocess import Preprocess, resize_to, short_side_size, subtract_mean, to_chw_batch
+from sppnet.core.spp import SpatialPyramidPooling
+from sppnet.reproduce.windows import image_boxes_to_cells
 
 Rule = Literal["paper", "release"]
 RULES: tuple[str, ...] = get_args(Rule)
@@ -273,7 +274,7 @@ def _pyramid(
             batch = torch.from_numpy(to_chw_batch([subtract_mean(resize_to(image, *size), pre)])).to(device)
             _sync(device)
             middle = time.perf_counter()
-            maps[size] = model.features(batch)[0]
+            maps[size] = model.forward_features(batch)[0]
             _sync(device)
             timing["prep"] += middle - start
             timing["conv"] += time.perf_counter() - middle
@@ -329,22 +330,16 @@ def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
 
 
 def _fc_outputs(model: SPPNet, pooled: Tensor, layers: Sequence[str], batch: int) -> dict[str, Tensor]:
-    """fc6/fc7 after their ReLU for the requested layers, one classifier pass per chunk of `batch` rows."""
-    wanted = {f"relu{layer[2:]}": layer for layer in layers if layer != "pool5"}
+    """fc6/fc7 after their ReLU for the requested layers, one head pass per chunk of `batch` rows."""
+    wanted = [layer for layer in layers if layer != "pool5"]
     if not wanted:
         return {}
-    last = max(wanted, key=lambda name: int(name[4:]))
-    parts: dict[str, list[Tensor]] = {layer: [] for layer in wanted.values()}
+    parts: dict[str, list[Tensor]] = {layer: [] for layer in wanted}
     device = _device(model)
     with _inference(model):
         for chunk in pooled.split(max(1, batch)):
-            x = chunk.to(device)
-            for name, module in model.classifier.named_children():
-                x = module(x)
-                if name in wanted:
-                    parts[wanted[name]].append(x)
-                if name == last:
-                    break
+            for layer, x in model.head_features(chunk.to(device), wanted).items():
+                parts[layer].append(x)
     return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
 
 
@@ -357,9 +352,9 @@ def fc_features(model: SPPNet, pooled: Tensor, layer: Layer = "fc7", batch: int 
 
 def _empty(model: SPPNet, layers: Sequence[str]) -> dict[str, np.ndarray]:
     widths = {
-        "pool5": model.pool.output_dim(model.spec.conv5_channels),
-        "fc6": model.classifier.fc6.out_features,
-        "fc7": model.classifier.fc7.out_features,
+        "pool5": model.pooled_dim,
+        "fc6": model.spec.fc_width,
+        "fc7": model.spec.fc_width,
     }
     return {layer: np.zeros((0, widths[layer]), dtype=np.float32) for layer in layers}
 
@@ -473,7 +468,7 @@ def rcnn_features(
             batch = torch.from_numpy(to_chw_batch(crops)).to(device)
             _sync(device)
             conv_start = time.perf_counter()
-            maps = model.features(batch)
+            maps = model.forward_features(batch)
             _sync(device)
             pool_start = time.perf_counter()
             outputs = {"pool5": model.pool(maps)}

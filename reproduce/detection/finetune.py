@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike
 from torch import nn
 
-from ..models import SPPNet
-from ..solver import SolverConfig, build_solver, lr_at, set_epoch_lr
-from .boxes import as_boxes, box_iou
+from sppnet.core.models import SPPNet
+from sppnet.reproduce.detection.boxes import as_boxes, box_iou
+from sppnet.reproduce.solver import SolverConfig, build_solver, lr_at, set_epoch_lr
 
 UNUSED = -1
 BACKGROUND = 0
@@ -263,11 +263,7 @@ def finetune_fc(
     sampler = BalancedSampler(labels_train, config.batch_size, config.fg_fraction, config.seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        fc8 = nn.Linear(classifier.fc7.out_features, num_classes + 1).to(device)
-        nn.init.normal_(fc8.weight, 0.0, config.init_std)
-        nn.init.zeros_(fc8.bias)
-        classifier.fc8 = fc8
-        model.config = replace(model.config, num_classes=num_classes + 1)
+        model.reset_classifier(num_classes + 1, config.init_std)
         optimizer = build_solver(classifier, config.solver)
         best = _record(classifier, 0, [], pool5_val, labels_val, config)
         records, best_state = [best], copy.deepcopy(classifier.state_dict())

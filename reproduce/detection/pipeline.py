@@ -19,18 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from sppnet.reproduce.images import load_bgr
-from sppnet.reproduce.models import SPPNet
-from sppnet.reproduce.preprocess import Preprocess
-
-from .ap import Detection, evaluate_detections
-from .bbox_regression import BBoxRegressionConfig, BBoxRegressor, match_ground_truth
-from .boxes import nms
-from .features import PAPER_SCALES, FeatureConfig, fc_features, rcnn_features, window_features
-from .finetune import FinetuneConfig, finetune_fc, label_windows, with_ground_truth
-from .proposals import ProposalCache, ProposalSettings
-from .svm import ImageWindows, SVMBank, SVMConfig, normalise_features, train_svms
-from .voc import DetImage
+from sppnet.core.images import load_bgr
+from sppnet.core.models import SPPNet
+from sppnet.core.preprocess import Preprocess
+from sppnet.reproduce.detection.ap import Detection, evaluate_detections
+from sppnet.reproduce.detection.bbox_regression import BBoxRegressionConfig, BBoxRegressor, match_ground_truth
+from sppnet.reproduce.detection.boxes import nms
+from sppnet.reproduce.detection.features import PAPER_SCALES, FeatureConfig, fc_features, rcnn_features, window_features
+from sppnet.reproduce.detection.finetune import FinetuneConfig, finetune_fc, label_windows, with_ground_truth
+from sppnet.reproduce.detection.proposals import ProposalCache, ProposalSettings
+from sppnet.reproduce.detection.svm import ImageWindows, SVMBank, SVMConfig, normalise_features, train_svms
+from sppnet.reproduce.detection.voc import DetImage
 
 MODES = ("spp-1", "spp-5", "rcnn")
 COLUMNS = ("pool5", "fc7", "ftfc7", "ftfc7 bb")
@@ -349,7 +348,7 @@ def read_split(
     root: str | Path, split: str, classes: Sequence[str], log: Callable[[str], None] = print
 ) -> list[DetImage]:
     """The images of a VOC-layout split; skipped images are reported, one line each; images without objects kept."""
-    from .voc import load_voc_detection
+    from sppnet.reproduce.detection.voc import load_voc_detection
 
     images, problems = load_voc_detection(root, split, classes)
     for problem in problems:

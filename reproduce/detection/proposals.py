@@ -20,9 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sppnet.reproduce.atomic import sha256, write_atomic
+from sppnet.core.atomic import sha256, write_atomic
+from sppnet.core.images import ImageError, decode_bgr
 from sppnet.reproduce.detection.boxes import valid_boxes
-from sppnet.reproduce.images import ImageError, decode_bgr
 
 CACHE_FORMAT = 1
 

@@ -15,8 +15,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.svm import LinearSVC
 
-from .boxes import as_boxes, box_iou
-from .finetune import with_ground_truth
+from sppnet.reproduce.detection.boxes import as_boxes, box_iou
+from sppnet.reproduce.detection.finetune import with_ground_truth
 
 FEATURE_NORM = 20.0
 

@@ -18,7 +18,7 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 from numpy.typing import ArrayLike
 
-from sppnet.reproduce.atomic import write_atomic
+from sppnet.core.atomic import write_atomic
 from sppnet.reproduce.datasets import VOC_CLASSES, _read_lines, _voc2007_dir
 from sppnet.reproduce.detection.boxes import as_boxes, valid_boxes
 

@@ -15,14 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
+from sppnet.core.images import load_bgr
+from sppnet.core.runs import load_model
+from sppnet.engines.backends.base import OutOfMemory, Runner
 from sppnet.engines.dispatch import Executor, run_batches
 from sppnet.engines.model_set import load_model_set
+from sppnet.engines.parity import TOLERANCE
 from sppnet.engines.routing import Policy, RouteError, prepare, route
-from sppnet.engines.runner import OutOfMemory, Runner
 from sppnet.engines.runtime import Runtime
-from sppnet.export.parity import TOLERANCE
-from sppnet.reproduce.images import load_bgr
-from sppnet.reproduce.trained import load_model
 
 from .conftest import SCALES
 
@@ -262,13 +262,13 @@ def test_the_onnx_runtime_hot_path_never_imports_torch(runtime_onnx: Path) -> No
 
 
 def test_a_size_the_window_rule_cannot_bin_is_refused_not_pooled_wrongly(tmp_path: Path) -> None:
+    from sppnet.core.models import build_model
+    from sppnet.core.networks import get_network
     from sppnet.export.onnx_export import ExportConfig, ExportSource, export_onnx
-    from sppnet.reproduce.models import build_model
-    from sppnet.reproduce.train import default_preprocess
 
     torch.manual_seed(0)
     model = build_model("zf5_cpu", num_classes=3, rule="window").eval()
-    source = ExportSource(model, ["a", "b", "c"], default_preprocess("zf5_cpu", (112,)).to_json())
+    source = ExportSource(model, ["a", "b", "c"], get_network("zf5_cpu").default_preprocess((112,)).to_json())
     export_onnx(source, tmp_path, ExportConfig(scales=((112, 112),), precisions=("fp32",), max_size=256))
     rng = np.random.default_rng(5)
     square = random_image(rng, 224, 224)
@@ -284,7 +284,7 @@ def test_a_size_the_window_rule_cannot_bin_is_refused_not_pooled_wrongly(tmp_pat
 
 def test_a_model_that_fails_to_load_frees_the_ones_loaded_before_it(runtime_onnx: Path, monkeypatch) -> None:
     import sppnet.engines.runtime as runtime_module
-    from sppnet.engines.runner import RunnerError
+    from sppnet.engines.backends.base import RunnerError
 
     made: list[Runner] = []
     real = runtime_module.make_runners

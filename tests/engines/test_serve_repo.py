@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from sppnet.core.atomic import sha256_file
 from sppnet.engines import serve_repo
 from sppnet.engines.model_set import load_model_set
 from sppnet.engines.routing import RouteError
@@ -30,7 +31,6 @@ from sppnet.engines.serve_repo import (
 )
 from sppnet.export.build import build_engines, check_engine_dir
 from sppnet.export.onnx_export import ExportConfig, export_onnx, source_untrained
-from sppnet.reproduce.atomic import sha256_file
 
 pytest.importorskip("tritonclient", reason="Triton's model config schema comes from tritonclient (pip install it)")
 

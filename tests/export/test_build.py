@@ -17,12 +17,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from sppnet.core.atomic import sha256_file
 from sppnet.export import trt_builder
 from sppnet.export.build import build_engines, check_engine_dir, engine_profiles, plan_builds, plugin_status
 from sppnet.export.manifest import ManifestError, read_manifest
 from sppnet.export.profiles import dynamic_profiles, fixed_profile
 from sppnet.export.trt_builder import Backend, BuildError, NetworkFromOnnx, load_backend
-from sppnet.reproduce.atomic import sha256_file
 
 from .onnx_fixtures import make_onnx_export, rehash
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import onnx
 import pytest
 
+from sppnet.core.networks import NETWORKS
 from sppnet.export.build import build_engines, check_engine_dir
 from sppnet.export.manifest import ONNX_FORMAT, read_manifest
 from sppnet.export.onnx_export import ExportConfig, export_onnx, source_untrained
-from sppnet.reproduce.models import NETWORKS
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import sppnet.export.onnx_export as onnx_export
+from sppnet.core.models import build_model
+from sppnet.core.runs import load_model
+from sppnet.engines.parity import TOLERANCE, check_export, format_summary, onnx_session, summarise
 from sppnet.export.manifest import ONNX_FORMAT, ManifestError, read_manifest
 from sppnet.export.onnx_export import ExportConfig, export_onnx, source_from_run, source_untrained
 from sppnet.export.onnx_model import check_onnx
-from sppnet.export.parity import TOLERANCE, check_export, format_summary, onnx_session, summarise
-from sppnet.reproduce.models import build_model
-from sppnet.reproduce.trained import load_model
 
 from .conftest import EXPORT
 

@@ -9,13 +9,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from sppnet.engines.parity import onnx_session
 from sppnet.export.onnx_builder import GraphBuilder
 from sppnet.export.onnx_spp import bin_edges, decomposed_spp, plugin_spp, static_spp
-from sppnet.export.parity import onnx_session
 from sppnet.export.spp_plugin import ONNX_DOMAIN, ONNX_OP_TYPE
 
-from ..reproduce import brute_force
-from ..reproduce.brute_force import NoBins
+from ..core import brute_force
+from ..core.brute_force import NoBins
 
 RULES = ("adaptive", "window", "caffe")
 DTYPES = {"fp32": np.float32, "fp16": np.float16}

@@ -21,6 +21,8 @@ import onnx
 import pytest
 import torch
 
+from sppnet.core.bins import RULES
+from sppnet.core.spp import spatial_pyramid_pool
 from sppnet.export import spp_plugin, trt_plugin
 from sppnet.export.spp_plugin import (
     PLUGIN_ID,
@@ -35,8 +37,6 @@ from sppnet.export.spp_plugin import (
     parse_attributes,
     supports_combination,
 )
-from sppnet.reproduce.bins import RULES
-from sppnet.reproduce.spp import spatial_pyramid_pool
 
 
 class DataType(enum.Enum):

@@ -24,10 +24,10 @@ from collections.abc import Iterator  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from sppnet.core.bins import spp_bins  # noqa: E402
+from sppnet.core.spp import spatial_pyramid_pool, spp_naive  # noqa: E402
 from sppnet.export import bench_kernel  # noqa: E402
 from sppnet.export import spp_triton as kernel  # noqa: E402
-from sppnet.reproduce.bins import spp_bins  # noqa: E402
-from sppnet.reproduce.spp import spatial_pyramid_pool, spp_naive  # noqa: E402
 
 if not kernel.interpreted():  # imported natively earlier in this process: decorate the kernel again
     kernel = importlib.reload(kernel)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sppnet.reproduce import build_model
+from sppnet.core import build_model
 from sppnet.reproduce.checkpoint import STATE_FILE, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sppnet.reproduce.solver import SolverConfig, build_solver, set_epoch_lr
 

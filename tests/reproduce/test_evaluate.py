@@ -9,16 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from sppnet.reproduce.evaluate import (
-    EvalResult,
-    default_scales,
-    evaluate,
-    evaluate_many,
-    multiview_windows,
-    pooled_views,
-)
-from sppnet.reproduce.models import ModelConfig, build_model, feature_sizes, get_network
-from sppnet.reproduce.preprocess import (
+from sppnet.core.models import build_model
+from sppnet.core.networks import ModelConfig, feature_sizes, get_network
+from sppnet.core.preprocess import (
     Preprocess,
     full_view,
     hflip,
@@ -26,6 +19,14 @@ from sppnet.reproduce.preprocess import (
     resize_to,
     subtract_mean,
     to_chw_batch,
+)
+from sppnet.reproduce.evaluate import (
+    EvalResult,
+    default_scales,
+    evaluate,
+    evaluate_many,
+    multiview_windows,
+    pooled_views,
 )
 from sppnet.reproduce.windows import image_box_to_cells
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sppnet.reproduce import build_model
+from sppnet.core import build_model
 from sppnet.reproduce.solver import (
     CaffeSGD,
     SolverConfig,

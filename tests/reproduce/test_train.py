@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
+from sppnet.core.networks import get_network
+from sppnet.core.preprocess import resize_to
+from sppnet.core.runs import load_model, read_model_info
 from sppnet.reproduce.builtin_data import make_classification_dataset
-from sppnet.reproduce.preprocess import resize_to
-from sppnet.reproduce.train import Context, TrainConfig, _batches, default_preprocess, load_data, train
-from sppnet.reproduce.trained import load_model, read_model_info
+from sppnet.reproduce.train import Context, TrainConfig, _batches, load_data, train
 
 SIZES = (64, 48)
 
@@ -31,7 +32,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config(**changes: object) -> TrainConfig:
     base = TrainConfig(
-        model="zf5_cpu", sizes=SIZES, epochs=3, batch_size=16, seed=7, preprocess=default_preprocess("zf5_cpu", SIZES)
+        model="zf5_cpu",
+        sizes=SIZES,
+        epochs=3,
+        batch_size=16,
+        seed=7,
+        preprocess=get_network("zf5_cpu").default_preprocess(SIZES),
     )
     return replace(base, **changes)
 
@@ -192,7 +198,7 @@ def test_two_process_data_parallel_training_matches_one_process(data_dir: Path, 
 
 @pytest.mark.parametrize("name", ["zf5_cpu", "convnet5_cpu", "overfeat5_cpu", "overfeat7_cpu"])
 def test_every_cpu_preset_trains_multi_size_and_with_no_spp(name: str, data_dir: Path, tmp_path: Path) -> None:
-    pre = default_preprocess(name, SIZES)
+    pre = get_network(name).default_preprocess(SIZES)
     history = train(config(model=name, epochs=2, preprocess=pre), data_dir, tmp_path / "spp", log=lambda _: None)
     assert [row["size"] for row in history] == [64, 48]
     assert all(np.isfinite(row["train_loss"]) for row in history)

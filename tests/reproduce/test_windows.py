@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from sppnet.reproduce.models import feature_sizes, feature_stride, get_network
+from sppnet.core.networks import feature_sizes, feature_stride, get_network
 from sppnet.reproduce.windows import image_box_to_cells, image_boxes_to_cells
 
 S = 16

@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from sppnet.core.models import build_model
+from sppnet.core.networks import feature_stride
+from sppnet.core.preprocess import Preprocess, resize_short_side, resize_to, subtract_mean, to_chw_batch
 from sppnet.reproduce.detection.features import (
     PAPER_SCALES,
     RELEASE_SCALES,
@@ -30,8 +33,6 @@ from sppnet.reproduce.detection.features import (
     scale_boxes,
     window_features,
 )
-from sppnet.reproduce.models import build_model, feature_stride
-from sppnet.reproduce.preprocess import Preprocess, resize_short_side, resize_to, subtract_mean, to_chw_batch
 from sppnet.reproduce.windows import image_boxes_to_cells
 
 S = 16

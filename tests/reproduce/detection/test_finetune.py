@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sppnet.reproduce import build_model
+from sppnet.core import build_model
+from sppnet.core.models import SPPNet
 from sppnet.reproduce.detection.finetune import (
     BalancedSampler,
     FinetuneConfig,
@@ -17,7 +18,6 @@ from sppnet.reproduce.detection.finetune import (
     label_windows,
     with_ground_truth,
 )
-from sppnet.reproduce.models import SPPNet
 from sppnet.reproduce.solver import SolverConfig, lr_at
 
 GT = np.array([[0, 0, 9, 9], [20, 20, 29, 29]], dtype=np.float64)  # two 10x10 boxes (area 100)

@@ -14,6 +14,7 @@ import pytest
 
 import sppnet.reproduce.detection.pipeline as pipeline
 from sppnet.cli import main
+from sppnet.core.runs import load_model, load_preprocess
 from sppnet.reproduce.detection.builtin_detection import make_detection_dataset
 from sppnet.reproduce.detection.detector_io import config_from_json, load_detectors, save_detectors
 from sppnet.reproduce.detection.pipeline import (
@@ -28,7 +29,6 @@ from sppnet.reproduce.detection.pipeline import (
 )
 from sppnet.reproduce.detection.proposals import ProposalCache, ProposalSettings
 from sppnet.reproduce.detection.voc import DetImage
-from sppnet.reproduce.trained import load_model, load_preprocess
 
 # A quarter of the paper's pixel geometry (scales 120..300): small and fast; the geometry is tested elsewhere.
 CONFIG = DetectConfig.for_input_size(

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from sppnet.reproduce import build_model, spatial_pyramid_pool, spp_bins
-from sppnet.reproduce.layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
+from sppnet.core import build_model, spatial_pyramid_pool, spp_bins
+from sppnet.core.layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
 
 pytestmark = pytest.mark.caffe
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, get_args
 
-from .caffe_shapes import caffe_pool_size
+from sppnet.core.caffe_shapes import caffe_pool_size
 
 Rule = Literal["adaptive", "window", "caffe"]
 RULES: tuple[str, ...] = get_args(Rule)
@@ -121,3 +121,19 @@ def uniform_pooling(a: int, n: int, rule: str) -> UniformPooling | None:
     if any((max(s, 0), min(e, a)) != b for (s, e), b in zip(windows, bins, strict=True)):
         return None
     return UniformPooling(kernel, stride, pad_before, max(windows[-1][1] - a, 0))
+
+
+DEFAULT_LEVELS: tuple[int, ...] = (6, 3, 2, 1)
+
+
+def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
+    """Validate a pyramid: a non-empty sequence of bin counts >= 1."""
+    levels = tuple(int(n) for n in levels)
+    if not levels or any(n < 1 for n in levels):
+        raise ValueError(f"SPP levels must be a non-empty list of bin counts >= 1; got {levels}")
+    return levels
+
+
+def spp_output_dim(channels: int, levels: Sequence[int]) -> int:
+    """Length of the pooled vector: C * sum(n^2)."""
+    return channels * sum(n * n for n in check_levels(levels))

@@ -10,12 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sppnet.reproduce.atomic import write_atomic
-from sppnet.reproduce.trained import load_model, load_preprocess
-
-from .builtin_detection import make_detection_dataset
-from .pipeline import MODE_NAMES, MODES, DetectConfig, format_table, read_split, run_detection
-from .proposals import ProposalCache, ProposalSettings
+from sppnet.core.atomic import write_atomic
+from sppnet.core.runs import load_model, load_preprocess
+from sppnet.reproduce.detection.builtin_detection import make_detection_dataset
+from sppnet.reproduce.detection.pipeline import MODE_NAMES, MODES, DetectConfig, format_table, read_split, run_detection
+from sppnet.reproduce.detection.proposals import ProposalCache, ProposalSettings
 
 
 def detection_stage(

@@ -11,11 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sppnet.reproduce.atomic import write_atomic
-
-from .manifest import ONNX_FORMAT, read_manifest
-from .onnx_export import ExportConfig, export_onnx, source_from_run
-from .parity import check_export, summarise
+from sppnet.core.atomic import write_atomic
+from sppnet.engines.parity import check_export, summarise
+from sppnet.export.manifest import ONNX_FORMAT, read_manifest
+from sppnet.export.onnx_export import ExportConfig, export_onnx, source_from_run
 
 
 def deploy_run(
@@ -27,8 +26,8 @@ def deploy_run(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Export `run_dir` to `out/onnx`, compare it with PyTorch, build `out/engines`; returns what was measured."""
-    from .build import build_engines
-    from .trt_builder import BuildError, load_backend
+    from sppnet.export.build import build_engines
+    from sppnet.export.trt_builder import BuildError, load_backend
 
     out = Path(out)
     source = source_from_run(run_dir)

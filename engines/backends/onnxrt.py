@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runner import OutOfMemory, Runner, RunnerError
+from sppnet.engines.backends.base import OutOfMemory, Runner, RunnerError
 
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 

@@ -38,12 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from sppnet.core.atomic import sha256, write_atomic
+from sppnet.engines.backends.base import OutOfMemory, Runner, RunnerError
 from sppnet.export.manifest import ENGINE_FORMAT, FIX
 from sppnet.export.profiles import Profile
 from sppnet.export.trt_builder import Backend, BuildError, _logger, _recording, _summary, load_backend
-from sppnet.reproduce.atomic import sha256, write_atomic
-
-from .runner import OutOfMemory, Runner, RunnerError
 
 REBUILD = "rebuild with `sppnet build --onnx DIR --out ENGINE_DIR` on/for this machine"
 CUDA_APIS = ("cuda-python", "torch")

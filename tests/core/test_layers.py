@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sppnet.reproduce.layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
+from sppnet.core.layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
 
 
 def within_channel_lrn(x: np.ndarray, size: int, alpha: float, beta: float) -> np.ndarray:

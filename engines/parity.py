@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from sppnet.reproduce.bins import can_bin
-from sppnet.reproduce.caffe_shapes import feature_map_size
-from sppnet.reproduce.models import SPPNet, geometry
-
-from .manifest import ONNX_FORMAT, read_manifest
+from sppnet.core.bins import can_bin
+from sppnet.core.caffe_shapes import feature_map_size
+from sppnet.core.models import SPPNet
+from sppnet.core.networks import geometry
+from sppnet.export.manifest import ONNX_FORMAT, read_manifest
 
 # Max |onnx - torch| over the largest |torch logit| of the batch. fp32: summation order only. fp16: weights and
 # activations rounded to 11 bits through 8 layers.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sppnet.reproduce.images import ImageError, decode_bgr, load_bgr
+from sppnet.core.images import ImageError, decode_bgr, load_bgr
 
 RNG = np.random.default_rng(20140618)
 

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
-from .builtin_data import make_classification_dataset
-from .evaluate import evaluate_many
-from .solver import SolverConfig
-from .train import TrainConfig, TrainData, default_preprocess, load_data, train
-from .trained import load_model, read_model_info
+from sppnet.core.networks import get_network
+from sppnet.core.runs import load_model, read_model_info
+from sppnet.reproduce.builtin_data import make_classification_dataset
+from sppnet.reproduce.evaluate import evaluate_many
+from sppnet.reproduce.solver import SolverConfig
+from sppnet.reproduce.train import TrainConfig, TrainData, load_data, train
 
 VARIANTS = ("no_spp", "spp_single", "spp_multi")
 
@@ -60,7 +61,7 @@ class ReproduceConfig:
             batch_size=self.batch_size,
             seed=seed,
             solver=SolverConfig(base_lr=self.base_lr, milestones=self.milestones),
-            preprocess=default_preprocess(self.network, self.multi_sizes),
+            preprocess=get_network(self.network).default_preprocess(self.multi_sizes),
         )
 
 
@@ -122,7 +123,7 @@ def _run(
 
 def reproduce(job: ReproduceConfig, out: str | os.PathLike[str], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole experiment into `out` and write `out/report.md`, `out/report.json` and the plots."""
-    from .report import write_report
+    from sppnet.reproduce.report import write_report
 
     out = Path(out)
     began = time.perf_counter()

@@ -1,23 +1,21 @@
-"""The paper's four networks (PAPER.md section 3, paper Table 1) in Caffe-exact PyTorch, and CPU-sized presets.
+"""The paper's four networks (PAPER.md section 3, paper Table 1) as layer tables, and CPU-sized presets; no torch.
 
-Each network is one table of layers (`LayerSpec`s) from input to conv5 + ReLU; `SPPNet` adds the pyramid (or
-the no-SPP baseline's pool5 to 6x6) and the fc head. Departures from the paper's text are written beside the
-table that makes them.
+Each network is one `NetworkSpec`: its table of layers (`LayerSpec`s) from input to conv5 + ReLU, its fc width,
+training sizes, default preprocessing and the paper's published numbers. `sppnet.core.models` builds the PyTorch
+module from it; export and the runtime read the same table for size arithmetic without torch. Departures from the
+paper's text are written beside the table that makes them.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import torch
-from torch import Tensor, nn
-
-from .bins import check_rule
+from .bins import DEFAULT_LEVELS
 from .caffe_shapes import caffe_pool_size, conv_size
-from .layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
-from .spp import DEFAULT_LEVELS, SpatialPyramidPooling, check_levels
+from .errors import InvalidInput
+from .preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -66,11 +64,18 @@ KRIZHEVSKY_LRN = LRN("across", 5, 1e-4)
 
 @dataclass(frozen=True)
 class PaperResult:
-    """ImageNet 2012 val, 10-view top-1 / top-5 error % (paper Table 2; PAPER.md section 6)."""
+    """The paper's ImageNet 2012 val numbers for one network (PAPER.md section 6).
 
+    Table 2: 10-view top-1 / top-5 error % per variant. Table 3 (ZF-5 and Overfeat-7 only): top-1 error %
+    of (1 center crop, full image) for the single- and multi-size SPP networks.
+    """
+
+    label: str
     no_spp: tuple[float, float]
     spp_single_size: tuple[float, float]
     spp_multi_size: tuple[float, float]
+    crop_vs_full_single: tuple[float, float] | None = None
+    crop_vs_full_multi: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,12 @@ class NetworkSpec:
     @property
     def conv5_channels(self) -> int:
         return [layer for layer in self.layers if isinstance(layer, Conv)][-1].channels
+
+    def default_preprocess(self, sizes: Sequence[int] | None = None, short_side: int | None = None) -> Preprocess:
+        """The paper's geometry scaled to the largest training size: crop = max(sizes), short side 256/224 of it
+        (PAPER.md section 4), with the network's input scale. `sizes` defaults to the network's training sizes."""
+        crop = max(sizes or self.train_sizes)
+        return Preprocess(crop=crop, short_side=short_side or math.ceil(crop * 256 / 224), scale=self.input_scale)
 
 
 def zf5_layers(div: int = 1) -> tuple[LayerSpec, ...]:
@@ -160,7 +171,7 @@ NETWORKS: dict[str, NetworkSpec] = {}
 def register(spec: NetworkSpec) -> NetworkSpec:
     """Add a network to the registry; a name may be registered once."""
     if spec.name in NETWORKS:
-        raise ValueError(f"network {spec.name!r} is already registered")
+        raise InvalidInput(f"network {spec.name!r} is already registered")
     NETWORKS[spec.name] = spec
     return spec
 
@@ -190,7 +201,9 @@ _register_with_cpu_preset(
         "zf5",
         "ZF-5 (Zeiler-Fergus, the release's SPP-net): 5 conv, within-channel LRN, conv5 256 x 13x13 at 224",
         zf5_layers(),
-        paper=PaperResult((35.99, 14.76), (34.98, 14.14), (34.60, 13.64)),
+        paper=PaperResult(
+            "ZF-5", (35.99, 14.76), (34.98, 14.14), (34.60, 13.64), (38.01, 37.55), (37.57, 37.07)
+        ),
     ),
     zf5_layers(CPU_DIV),
 )
@@ -199,7 +212,7 @@ _register_with_cpu_preset(
         "convnet5",
         "Convnet*-5 (Krizhevsky's net, pooling after conv2 and conv3): conv5 256 x 13x13 at 224",
         convnet5_layers(),
-        paper=PaperResult((34.93, 13.92), (34.38, 13.54), (33.94, 13.33)),
+        paper=PaperResult("Convnet*-5", (34.93, 13.92), (34.38, 13.54), (33.94, 13.33)),
     ),
     convnet5_layers(CPU_DIV),
 )
@@ -209,7 +222,7 @@ _register_with_cpu_preset(
         "Overfeat-5: 5 conv, conv3..conv5 512, conv5 512 x 18x18 at 224",
         overfeat_layers(5),
         baseline_pool=Pool(3, 3),
-        paper=PaperResult((34.13, 13.52), (32.87, 12.80), (32.26, 12.33)),
+        paper=PaperResult("Overfeat-5", (34.13, 13.52), (32.87, 12.80), (32.26, 12.33)),
     ),
     overfeat_layers(5, CPU_DIV),
 )
@@ -219,7 +232,9 @@ _register_with_cpu_preset(
         "Overfeat-7: 7 conv, conv3..conv7 512, conv7 512 x 18x18 at 224",
         overfeat_layers(7),
         baseline_pool=Pool(3, 3),
-        paper=PaperResult((32.01, 11.97), (30.36, 11.12), (29.68, 10.95)),
+        paper=PaperResult(
+            "Overfeat-7", (32.01, 11.97), (30.36, 11.12), (29.68, 10.95), (33.18, 32.72), (32.57, 31.25)
+        ),
     ),
     overfeat_layers(7, CPU_DIV),
 )
@@ -228,26 +243,8 @@ _register_with_cpu_preset(
 def get_network(name: str) -> NetworkSpec:
     """The registered network called `name`, or a ValueError listing the choices."""
     if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}: choose one of {', '.join(NETWORKS)}")
+        raise InvalidInput(f"unknown network {name!r}: choose one of {', '.join(NETWORKS)}")
     return NETWORKS[name]
-
-
-def make_features(layers: Sequence[LayerSpec], in_channels: int = 3) -> nn.Sequential:
-    """The conv trunk of a layer table, with Caffe's layer names (conv1, relu1, norm1, pool1, ...)."""
-    modules: OrderedDict[str, nn.Module] = OrderedDict()
-    stage, channels = 0, in_channels
-    for layer in layers:
-        if isinstance(layer, Conv):
-            stage += 1
-            modules[layer.name] = nn.Conv2d(channels, layer.channels, layer.kernel, layer.stride, layer.pad)
-            modules[f"relu{stage}"] = nn.ReLU(inplace=True)
-            channels = layer.channels
-        elif isinstance(layer, Pool):
-            modules[f"pool{stage}"] = CaffeMaxPool2d(layer.kernel, layer.stride)
-        else:
-            lrn = WithinChannelLRN if layer.region == "within" else AcrossChannelLRN
-            modules[f"norm{stage}"] = lrn(layer.size, layer.alpha, layer.beta)
-    return nn.Sequential(modules)
 
 
 def _extent(layer: Conv | Pool) -> int:
@@ -266,7 +263,7 @@ def feature_sizes(spec: NetworkSpec, height: int, width: int) -> list[tuple[str,
         name = layer.name if isinstance(layer, Conv) else f"pool{stage}"
         if min(h, w) < _extent(layer):
             smallest = min_input_size(spec)
-            raise ValueError(
+            raise InvalidInput(
                 f"input {height}x{width} is too small for {spec.name}: {name} (kernel {layer.kernel}) would see a "
                 f"{h}x{w} map; give at least {smallest}x{smallest} pixels"
             )
@@ -327,95 +324,3 @@ class ModelConfig:
     input_size: int | None = None  # the no-SPP baseline's one input size (its fc6 depends on it); default the spec's
 
 
-class BaselinePool(nn.Module):
-    """The no-SPP baseline's pool5 (to 6x6 at the training size) and flatten; other sizes are refused."""
-
-    def __init__(self, pool: Pool, grid: int) -> None:
-        super().__init__()
-        self.pool = CaffeMaxPool2d(pool.kernel, pool.stride)
-        self.grid = grid
-
-    def output_dim(self, channels: int) -> int:
-        return channels * self.grid * self.grid
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.pool(x)
-        if tuple(y.shape[-2:]) != (self.grid, self.grid):
-            raise ValueError(
-                f"the no-SPP model's pool5 gives {y.shape[-2]}x{y.shape[-1]} here, but its fc6 takes "
-                f"{self.grid}x{self.grid}: feed its training size, or use an SPP model (spp=True) "
-                "for any size"
-            )
-        return y.flatten(1)
-
-
-class SPPNet(nn.Module):
-    """features (conv1..conv5 + ReLU) -> pool (SPP, or pool5 for the baseline) -> classifier (fc6, fc7, fc8)."""
-
-    def __init__(self, spec: NetworkSpec, config: ModelConfig) -> None:
-        super().__init__()
-        self.spec, self.config = spec, config
-        self.features = make_features(spec.layers)
-        channels = spec.conv5_channels
-        if config.spp:
-            self.pool: SpatialPyramidPooling | BaselinePool = SpatialPyramidPooling(config.levels, config.rule)
-        else:
-            size = config.input_size or spec.input_size
-            _, h, _ = feature_sizes(spec, size, size)[-1]
-            grid = spec.baseline_pool.out_size(h)
-            self.pool = BaselinePool(spec.baseline_pool, grid)
-        fc = spec.fc_width
-        self.classifier = nn.Sequential(
-            OrderedDict(
-                fc6=nn.Linear(self.pool.output_dim(channels), fc),
-                relu6=nn.ReLU(inplace=True),
-                drop6=nn.Dropout(config.dropout),
-                fc7=nn.Linear(fc, fc),
-                relu7=nn.ReLU(inplace=True),
-                drop7=nn.Dropout(config.dropout),
-                fc8=nn.Linear(fc, config.num_classes),
-            )
-        )
-        caffe_init(self, spec, config.init_std)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{self.spec.name} expects (N, 3, H, W) BGR images; got shape {tuple(x.shape)}")
-        feature_sizes(self.spec, x.shape[2], x.shape[3])  # a clear error before torch's for too-small inputs
-        return self.classifier(self.pool(self.features(x)))
-
-
-def caffe_init(model: SPPNet, spec: NetworkSpec, std: float = 0.01) -> None:
-    """Caffe's fillers. "gaussian" (the paper): Gaussian(0, std) weights, biases from the layer table, 1 for
-    fc6/fc7, 0 for fc8. "msra" (CPU presets): Gaussian(0, sqrt(2 / fan_in)) weights, fc8 Gaussian(0, std),
-    biases 0.
-    """
-    biases = {layer.name: layer.bias for layer in spec.layers if isinstance(layer, Conv)}
-    biases.update(fc6=1.0, fc7=1.0, fc8=0.0)
-    named = dict(model.features.named_children()) | dict(model.classifier.named_children())
-    with torch.no_grad():
-        for name, bias in biases.items():
-            weight = named[name].weight
-            msra = spec.init == "msra" and name != "fc8"
-            weight.normal_(0.0, (2.0 / weight[0].numel()) ** 0.5 if msra else std)
-            named[name].bias.fill_(0.0 if spec.init == "msra" else bias)
-
-
-def build_model(
-    name: str,
-    *,
-    spp: bool = True,
-    num_classes: int = 1000,
-    levels: Sequence[int] = DEFAULT_LEVELS,
-    rule: str = "adaptive",
-    dropout: float = 0.5,
-    init_std: float = 0.01,
-    input_size: int | None = None,
-) -> SPPNet:
-    """One of the registered networks with an SPP head (or the no-SPP baseline), Caffe-initialised."""
-    spec = get_network(name)
-    check_rule(rule)
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1; got {num_classes}")
-    config = ModelConfig(name, spp, num_classes, check_levels(levels), rule, dropout, init_std, input_size)
-    return SPPNet(spec, config)

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
-from .models import BaselinePool, build_model, feature_sizes, get_network
-from .spp import DEFAULT_LEVELS, SpatialPyramidPooling
+from sppnet.core.bins import DEFAULT_LEVELS
+from sppnet.core.layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
+from sppnet.core.models import BaselinePool, build_model
+from sppnet.core.networks import feature_sizes, get_network
+from sppnet.core.spp import SpatialPyramidPooling
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from sppnet.reproduce import NETWORKS, build_model, get_network, min_input_size
-from sppnet.reproduce.models import register
+from sppnet.core import NETWORKS, build_model, get_network, min_input_size
+from sppnet.core.networks import register
 
-# Written from PAPER.md section 3 (paper Table 1), independently of sppnet.reproduce.models:
+# Written from PAPER.md section 3 (paper Table 1), independently of sppnet.core.models:
 # ("conv", out, kernel, stride, pad) and ("pool", kernel, stride); pads for Convnet*-5 and Overfeat are the
 # ones the paper's stated map sizes need under Caffe's rounding.
 PAPER_TABLES = {
@@ -212,7 +212,7 @@ def test_unknown_networks_and_duplicate_registrations_are_refused() -> None:
 
 @pytest.mark.parametrize(("name", "stride"), [("zf5", 16), ("convnet5", 16), ("overfeat5", 12), ("overfeat7", 12)])
 def test_feature_stride_is_the_product_of_conv_and_pool_strides(name: str, stride: int) -> None:
-    from sppnet.reproduce import feature_stride
+    from sppnet.core.networks import feature_stride
 
     table = PAPER_TABLES[name]
     assert feature_stride(get_network(name)) == math.prod(
@@ -223,8 +223,8 @@ def test_feature_stride_is_the_product_of_conv_and_pool_strides(name: str, strid
 
 @pytest.mark.parametrize("name", ["zf5_cpu", "convnet5_cpu", "overfeat7_cpu"])
 def test_the_torch_free_geometry_gives_the_conv5_size_the_network_computes(name: str) -> None:
-    from sppnet.reproduce.caffe_shapes import feature_map_size
-    from sppnet.reproduce.models import geometry, min_input_size
+    from sppnet.core.caffe_shapes import feature_map_size
+    from sppnet.core.networks import geometry, min_input_size
 
     model = build_model(name, num_classes=2).eval()
     smallest = min_input_size(model.spec)

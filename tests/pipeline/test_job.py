@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sppnet.reproduce.main_job import VARIANTS, ReproduceConfig, reproduce
+from sppnet.pipeline.job import VARIANTS, ReproduceConfig, reproduce
 
 
 @pytest.fixture(scope="module")

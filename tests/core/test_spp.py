@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sppnet.reproduce import SpatialPyramidPooling, pool_windows, spatial_pyramid_pool, spp_output_dim
+from sppnet.core import SpatialPyramidPooling, pool_windows, spatial_pyramid_pool, spp_output_dim
 
 from . import brute_force
 from .brute_force import NoBins
@@ -241,7 +241,7 @@ def test_window_fast_path_and_gather_path_equal_a_per_bin_loop(rule: str, dtype:
 
 
 def test_window_fast_path_runs_without_autograd_and_gather_path_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sppnet.reproduce import spp
+    from sppnet.core import spp
 
     maps = torch.randn(2, 3, 11, 14)
     boxes, index = torch.tensor([[0, 0, 14, 11], [3, 2, 9, 10], [5, 5, 6, 6]]), torch.tensor([1, 0, 1])
@@ -265,7 +265,7 @@ def test_window_fast_path_runs_without_autograd_and_gather_path_with_it(monkeypa
 
 
 def test_window_max_table_holds_the_max_of_each_power_of_two_rectangle() -> None:
-    from sppnet.reproduce.spp import _max_table
+    from sppnet.core.spp import _max_table
 
     maps = torch.randn(2, 3, 7, 11)
     table = _max_table(maps, 3, 4)

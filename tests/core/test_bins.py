@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sppnet.reproduce import spp_bins, uniform_pooling
+from sppnet.core import spp_bins, uniform_pooling
 
 from .brute_force import RULES, NoBins
 
@@ -153,7 +153,7 @@ def test_uniform_pooling_is_none_only_where_no_single_max_pool_gives_the_bins() 
 
 
 def test_can_bin_and_check_pyramid_agree_with_the_brute_force_rules() -> None:
-    from sppnet.reproduce.bins import can_bin, check_pyramid
+    from sppnet.core.bins import can_bin, check_pyramid
 
     for rule in ("adaptive", "window", "caffe"):
         for h in range(1, 30):

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sppnet.engines.backend_tensorrt import (
+from sppnet.engines.backends.base import OutOfMemory, RunnerError
+from sppnet.engines.backends.trt import (
     RUNTIME_CACHE_SUFFIX,
     TensorRTRunner,
     buffer_plan,
@@ -29,7 +30,6 @@ from sppnet.engines.backend_tensorrt import (
     runtime_cache_path,
     select_profile,
 )
-from sppnet.engines.runner import OutOfMemory, RunnerError
 from sppnet.export.build import build_engines, check_engine_dir, engine_profiles
 from sppnet.export.onnx_export import ExportConfig, export_onnx, source_untrained
 from sppnet.export.profiles import dynamic_profiles, fixed_profile, profile_for
@@ -306,7 +306,7 @@ def test_without_a_gpu_cuda_python_names_the_failing_call(engine_dir: Path) -> N
 
 def test_the_backend_module_imports_neither_torch_nor_tensorrt() -> None:
     code = (
-        "import sys, sppnet.engines.backend_tensorrt\n"
+        "import sys, sppnet.engines.backends.trt\n"
         "print(sorted(m for m in ('torch', 'tensorrt', 'tensorrt_rtx', 'onnx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
@@ -365,7 +365,7 @@ def test_every_engine_matches_onnx_runtime_on_the_gpu(engine_dir: Path, tmp_path
         pytest.skip(
             "needs a CUDA GPU (torch.cuda.is_available() is False); run python -m sppnet.engines.gpu_check there"
         )
-    from sppnet.export.parity import TOLERANCE, compare, onnx_session, random_images
+    from sppnet.engines.parity import TOLERANCE, compare, onnx_session, random_images
 
     engines = Path(shutil.copytree(engine_dir, tmp_path / "engines"))  # the runtime cache is written beside them
     manifest = check_engine_dir(engines)
@@ -578,7 +578,7 @@ def fake_trt(name: str, version: str, cuda: FakeCuda, entries: list[dict]) -> ob
     """A TensorRT module whose runtime deserialises the listed engines (known by sha256) as FakeEngines."""
     import types
 
-    from sppnet.reproduce.atomic import sha256
+    from sppnet.core.atomic import sha256
 
     by_hash = {e["sha256"]: e for e in entries}
     module = types.ModuleType(name)
@@ -605,7 +605,7 @@ def fake_trt(name: str, version: str, cuda: FakeCuda, entries: list[dict]) -> ob
 @pytest.fixture
 def faked(engine_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """A factory of runners over the real engine files whose TensorRT module and CUDA API are the fakes above."""
-    from sppnet.engines import backend_tensorrt
+    from sppnet.engines.backends import trt as backend_tensorrt
     from sppnet.export import trt_builder
     from sppnet.export.trt_builder import Backend
 
@@ -715,7 +715,8 @@ def test_gpu_check_reports_parity_and_timings_for_every_engine_on_fakes(
     engine_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The script's plumbing only: the fake engine and a fake ONNX session compute the same function."""
-    from sppnet.engines import backend_tensorrt, gpu_check
+    from sppnet.engines import gpu_check
+    from sppnet.engines.backends import trt as backend_tensorrt
     from sppnet.export import trt_builder
     from sppnet.export.trt_builder import Backend
 

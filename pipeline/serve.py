@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .bench_runtime import bench_runtime
-from .routing import Policy, prepare
-from .runtime import Runtime
+from sppnet.engines.bench_runtime import bench_runtime
+from sppnet.engines.routing import Policy, prepare
+from sppnet.engines.runtime import Runtime
 
 
 def serve_check(
@@ -28,7 +28,7 @@ def serve_check(
 ) -> dict[str, Any]:
     """Run `images` through the ONNX Runtime backend under each policy and compare with the PyTorch run on the
     same inputs; then time a mixed-size stream."""
-    from sppnet.reproduce.trained import load_model
+    from sppnet.core.runs import load_model
 
     model = load_model(run_dir)
     served = [_serve(onnx_dir, model, images, policy) for policy in policies]
@@ -41,7 +41,7 @@ def _serve(
 ) -> dict[str, Any]:
     import torch
 
-    from sppnet.reproduce.images import load_bgr
+    from sppnet.core.images import load_bgr
 
     began = time.perf_counter()
     with Runtime(onnx_dir, policy=policy, topk=1) as rt:

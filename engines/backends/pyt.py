@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runner import OutOfMemory, Runner, RunnerError
+from sppnet.engines.backends.base import OutOfMemory, Runner, RunnerError
 
 
 class TorchRunner(Runner):
@@ -27,7 +27,7 @@ class TorchRunner(Runner):
     def _activate_impl(self) -> None:
         import torch
 
-        from sppnet.reproduce.trained import load_model
+        from sppnet.core.runs import load_model
 
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(self.run_dir).to(self.device)

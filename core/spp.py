@@ -14,24 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bins import check_rule, spp_bins, uniform_pooling
+from sppnet.core.bins import DEFAULT_LEVELS, check_levels, check_rule, spp_bins, spp_output_dim, uniform_pooling
 
-DEFAULT_LEVELS: tuple[int, ...] = (6, 3, 2, 1)
 _CACHE_ELEMENTS = 1 << 21  # gathered lookups per chunk of the inference path of `pool_windows`
-
-
-def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
-    """Validate a pyramid: a non-empty sequence of bin counts >= 1."""
-    levels = tuple(int(n) for n in levels)
-    if not levels or any(n < 1 for n in levels):
-        raise ValueError(f"SPP levels must be a non-empty list of bin counts >= 1; got {levels}")
-    return levels
-
-
-def spp_output_dim(channels: int, levels: Sequence[int]) -> int:
-    """Length of the pooled vector: C * sum(n^2)."""
-    return channels * sum(n * n for n in check_levels(levels))
-
 
 def _check_maps(x: Tensor, what: str) -> None:
     if not isinstance(x, Tensor) or x.dim() != 4:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sppnet.reproduce.preprocess import (
+from sppnet.core.preprocess import (
     Preprocess,
     center_crop,
     center_view,

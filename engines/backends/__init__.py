@@ -1,0 +1,1 @@
+"""The runtime's backends, one module each behind the `Runner` interface (Polygraphy's layout)."""
