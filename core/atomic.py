@@ -13,6 +13,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from sppnet.core.errors import ArtifactError
+
 
 def _fsync_directory(directory: Path) -> None:
     # Makes the rename itself durable; not possible on every platform (Windows), where it is skipped.
@@ -62,11 +64,11 @@ def sha256_file(path: Path) -> str:
 def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
     """A JSON object file, or a one-line ValueError naming `what`, the path and `fix`."""
     if not path.is_file():
-        raise ValueError(f"no {what} at {path}: {fix}")
+        raise ArtifactError(f"no {what} at {path}: {fix}")
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{what} {path} is unreadable ({e}): {fix}") from e
+        raise ArtifactError(f"{what} {path} is unreadable ({e}): {fix}") from e
     if not isinstance(record, dict):
-        raise ValueError(f"{what} {path} is not a JSON object: {fix}")
+        raise ArtifactError(f"{what} {path} is not a JSON object: {fix}")
     return record

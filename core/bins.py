@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Literal, get_args
 
 from sppnet.core.caffe_shapes import caffe_pool_size
+from sppnet.core.errors import InvalidInput
 
 Rule = Literal["adaptive", "window", "caffe"]
 RULES: tuple[str, ...] = get_args(Rule)
@@ -22,7 +23,7 @@ Bin = tuple[int, int]
 def check_rule(rule: str) -> None:
     """Raise a ValueError naming the valid rules when `rule` is not one of them."""
     if rule not in RULES:
-        raise ValueError(f"unknown SPP rule {rule!r}: choose one of {', '.join(RULES)}")
+        raise InvalidInput(f"unknown SPP rule {rule!r}: choose one of {', '.join(RULES)}")
 
 
 def spp_bins(a: int, n: int, rule: str = "adaptive") -> list[Bin]:
@@ -38,7 +39,7 @@ def spp_bins(a: int, n: int, rule: str = "adaptive") -> list[Bin]:
 def _bins(a: int, n: int, rule: str) -> tuple[Bin, ...]:
     where = f"spp_bins(a={a}, n={n}, rule={rule!r})"
     if a < 1 or n < 1:
-        raise ValueError(f"{where}: the axis length a and the bin count n must both be >= 1")
+        raise InvalidInput(f"{where}: the axis length a and the bin count n must both be >= 1")
     if rule == "adaptive":
         # Paper Appendix / the release's pooling mex / torch AdaptiveMaxPool2d.
         return tuple(((i * a) // n, -((-(i + 1) * a) // n)) for i in range(n))
@@ -51,10 +52,10 @@ def _window_bins(a: int, n: int, where: str) -> tuple[Bin, ...]:
     # Paper Sec. 2.3 text: win = ceil(a/n), stride = floor(a/n), no padding, Caffe ceil-mode window count.
     win, stride = -(-a // n), a // n
     if stride == 0:
-        raise ValueError(f"{where}: the window rule needs a >= n (stride floor(a/n) is 0); use rule='adaptive'")
+        raise InvalidInput(f"{where}: the window rule needs a >= n (stride floor(a/n) is 0); use rule='adaptive'")
     count = caffe_pool_size(a, win, stride)
     if count != n:
-        raise ValueError(
+        raise InvalidInput(
             f"{where}: the window rule (win {win}, stride {stride}) gives {count} bins, not {n}, because "
             f"a mod n = {a % n} is not 0 or 1; use rule='adaptive'"
         )
@@ -67,14 +68,14 @@ def _caffe_bins(a: int, n: int, where: str) -> tuple[Bin, ...]:
     kernel = -(-a // n)
     pad = (kernel * n - a + 1) // 2
     if pad >= kernel:
-        raise ValueError(
+        raise InvalidInput(
             f"{where}: Caffe aborts here (pooling pad {pad} >= kernel {kernel}, CHECK_LT in PoolingLayer); "
             "use a larger map or rule='adaptive'"
         )
     pooled = caffe_pool_size(a, kernel, kernel, pad)
     bins = tuple((max(j * kernel - pad, 0), min(j * kernel - pad + kernel, a)) for j in range(pooled))
     if pooled != n or any(end <= start for start, end in bins):
-        raise ValueError(f"{where}: Caffe's pooling gives {pooled} windows here, not {n} non-empty ones")
+        raise InvalidInput(f"{where}: Caffe's pooling gives {pooled} windows here, not {n} non-empty ones")
     return bins
 
 
@@ -130,7 +131,7 @@ def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
     """Validate a pyramid: a non-empty sequence of bin counts >= 1."""
     levels = tuple(int(n) for n in levels)
     if not levels or any(n < 1 for n in levels):
-        raise ValueError(f"SPP levels must be a non-empty list of bin counts >= 1; got {levels}")
+        raise InvalidInput(f"SPP levels must be a non-empty list of bin counts >= 1; got {levels}")
     return levels
 
 

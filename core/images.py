@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sppnet.core.errors import BadImage, InvalidInput
+
 # Twice Pillow's warning limit, which is Pillow's own hard limit (DecompressionBombError).
 DEFAULT_MAX_PIXELS = 178_956_970
 
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
-class ImageError(ValueError):
+class ImageError(BadImage):
     """An image that cannot be used: the message names the file, the reason and the fix, on one line."""
 
     def __init__(self, name: str, reason: str, fix: str) -> None:
@@ -56,7 +58,7 @@ def decode_bgr(
 ) -> np.ndarray:
     """Decode encoded image bytes (a JPEG, PNG, ... file's contents) like `load_bgr`; `name` goes in errors."""
     if min_side < 1 or max_pixels < 1:
-        raise ValueError(f"decode_bgr: min_side ({min_side}) and max_pixels ({max_pixels}) must be >= 1")
+        raise InvalidInput(f"decode_bgr: min_side ({min_side}) and max_pixels ({max_pixels}) must be >= 1")
     if len(data) == 0:
         raise ImageError(name, "file is empty (0 bytes)", "re-download or re-create it")
     # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that, at open; max_pixels is checked here instead.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sppnet.core.errors import InvalidInput
+
 
 class WithinChannelLRN(nn.Module):
     """Caffe LRN with norm_region WITHIN_CHANNEL: y = x * (1 + alpha * mean_{k x k}(x^2))^(-beta).
@@ -16,7 +18,7 @@ class WithinChannelLRN(nn.Module):
     def __init__(self, local_size: int = 3, alpha: float = 5e-5, beta: float = 0.75) -> None:
         super().__init__()
         if local_size < 1 or local_size % 2 == 0:
-            raise ValueError(f"Caffe LRN needs an odd local_size >= 1; got {local_size}")
+            raise InvalidInput(f"Caffe LRN needs an odd local_size >= 1; got {local_size}")
         self.local_size, self.alpha, self.beta = local_size, alpha, beta
 
     def forward(self, x: Tensor) -> Tensor:
@@ -43,7 +45,7 @@ class CaffeMaxPool2d(nn.MaxPool2d):
 
     def __init__(self, kernel_size: int, stride: int) -> None:
         if stride > kernel_size:
-            raise ValueError(
+            raise InvalidInput(
                 f"CaffeMaxPool2d(kernel {kernel_size}, stride {stride}): stride > kernel is not "
                 "reproducible with torch's ceil mode"
             )

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .atomic import read_json, sha256, sha256_file, write_atomic
-from .caffe_shapes import Geometry, feature_map_size
-from .errors import ArtifactError
-from .networks import ModelConfig
-from .preprocess import Preprocess
-from .profiles import Profile
+from sppnet.core.atomic import read_json, sha256, sha256_file, write_atomic
+from sppnet.core.caffe_shapes import Geometry, feature_map_size
+from sppnet.core.errors import ArtifactError
+from sppnet.core.networks import ModelConfig
+from sppnet.core.preprocess import Preprocess
+from sppnet.core.profiles import Profile
 
 SCHEMA_VERSION = 2
 RUN_FORMAT = "sppnet-model"

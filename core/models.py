@@ -11,11 +11,11 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from .bins import DEFAULT_LEVELS, check_levels, check_rule
-from .errors import InvalidInput
-from .layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
-from .networks import Conv, LayerSpec, ModelConfig, NetworkSpec, Pool, feature_sizes, get_network
-from .spp import SpatialPyramidPooling
+from sppnet.core.bins import DEFAULT_LEVELS, check_levels, check_rule
+from sppnet.core.errors import InvalidInput
+from sppnet.core.layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
+from sppnet.core.networks import Conv, LayerSpec, ModelConfig, NetworkSpec, Pool, feature_sizes, get_network
+from sppnet.core.spp import SpatialPyramidPooling
 
 
 def make_features(layers: Sequence[LayerSpec], in_channels: int = 3) -> nn.Sequential:

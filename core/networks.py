@@ -8,14 +8,16 @@ paper's text are written beside the table that makes them.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
-from .bins import DEFAULT_LEVELS
-from .caffe_shapes import caffe_pool_size, conv_size
-from .errors import InvalidInput
-from .preprocess import Preprocess
+from sppnet.core.bins import DEFAULT_LEVELS
+from sppnet.core.caffe_shapes import caffe_pool_size, conv_size
+from sppnet.core.errors import InvalidInput
+from sppnet.core.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class LRN:
 
 
 LayerSpec = Conv | Pool | LRN
+LAYER_TYPES: dict[str, type[LayerSpec]] = {"conv": Conv, "pool": Pool, "lrn": LRN}  # type: ignore[dict-item]
 ZF_LRN = LRN("within", 3, 5e-5)
 KRIZHEVSKY_LRN = LRN("across", 5, 1e-4)
 
@@ -103,6 +106,34 @@ class NetworkSpec:
         (PAPER.md section 4), with the network's input scale. `sizes` defaults to the network's training sizes."""
         crop = max(sizes or self.train_sizes)
         return Preprocess(crop=crop, short_side=short_side or math.ceil(crop * 256 / 224), scale=self.input_scale)
+
+    def to_json(self) -> dict[str, Any]:
+        """The layer table and head as plain JSON, for a network that travels in `model.json` (an imported one)."""
+        record = asdict(self)
+        record["layers"] = [{"type": type(layer).__name__.lower(), **asdict(layer)} for layer in self.layers]
+        record["baseline_pool"] = asdict(self.baseline_pool)
+        record["paper"] = None  # published numbers belong to the registered networks only
+        return json.loads(json.dumps(record))
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> NetworkSpec:
+        """Inverse of `to_json`; an unknown layer type or key is an InvalidInput naming it."""
+        try:
+            values = dict(record)
+            layers = []
+            for layer in values.pop("layers"):
+                kind = LAYER_TYPES.get(layer.get("type"))
+                if kind is None:
+                    raise InvalidInput(f"unknown layer type {layer.get('type')!r} in a network spec")
+                layers.append(kind(**{k: v for k, v in layer.items() if k != "type"}))
+            values["layers"] = tuple(layers)
+            values["baseline_pool"] = Pool(**values["baseline_pool"])
+            values["train_sizes"] = tuple(values["train_sizes"])
+            values["paper"] = None
+            return cls(**values)
+        except (KeyError, TypeError, AttributeError) as e:
+            problem = f"{type(e).__name__}: {e}"
+            raise InvalidInput(f"the network spec is malformed ({problem}): re-import the model") from None
 
 
 def zf5_layers(div: int = 1) -> tuple[LayerSpec, ...]:

@@ -16,6 +16,8 @@ from typing import Any, Literal, get_args
 import cv2
 import numpy as np
 
+from sppnet.core.errors import InvalidInput
+
 TrainCrop = Literal["five", "random"]
 TRAIN_CROPS: tuple[str, ...] = get_args(TrainCrop)
 
@@ -56,13 +58,13 @@ class Preprocess:
         if self.mean_image is not None:
             object.__setattr__(self, "mean_image", os.fspath(self.mean_image))
         if len(self.mean_bgr) != 3:
-            raise ValueError(f"Preprocess.mean_bgr needs 3 values (B, G, R); got {self.mean_bgr}")
+            raise InvalidInput(f"Preprocess.mean_bgr needs 3 values (B, G, R); got {self.mean_bgr}")
         if not 1 <= self.crop <= self.short_side:
-            raise ValueError(
+            raise InvalidInput(
                 f"Preprocess needs 1 <= crop <= short_side; got crop={self.crop}, short_side={self.short_side}"
             )
         if self.train_crop not in TRAIN_CROPS:
-            raise ValueError(f"unknown Preprocess.train_crop {self.train_crop!r}: choose one of {TRAIN_CROPS}")
+            raise InvalidInput(f"unknown Preprocess.train_crop {self.train_crop!r}: choose one of {TRAIN_CROPS}")
 
     def mean_for(self, height: int, width: int) -> np.ndarray:
         """The mean to subtract from an (height, width, 3) array: (3,) BGR, or the mean image resized to it."""
@@ -82,7 +84,7 @@ class Preprocess:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(record) - known)
         if unknown:
-            raise ValueError(f"Preprocess.from_json: unknown keys {unknown}; expected a subset of {sorted(known)}")
+            raise InvalidInput(f"Preprocess.from_json: unknown keys {unknown}; expected a subset of {sorted(known)}")
         values = dict(record)
         if "mean_bgr" in values:
             values["mean_bgr"] = tuple(values["mean_bgr"])
@@ -97,7 +99,7 @@ def load_mean_image(path: str) -> np.ndarray:
     if mean.ndim == 3 and mean.shape[0] == 3:
         mean = mean.transpose(1, 2, 0)
     elif mean.ndim != 3 or mean.shape[2] != 3:
-        raise ValueError(f"mean image {path}: shape {mean.shape} is neither (3, H, W) nor (H, W, 3); save a BGR mean")
+        raise InvalidInput(f"mean image {path}: shape {mean.shape} is neither (3, H, W) nor (H, W, 3); save a BGR mean")
     mean = np.ascontiguousarray(mean, dtype=np.float32)
     mean.flags.writeable = False
     return mean
@@ -106,7 +108,7 @@ def load_mean_image(path: str) -> np.ndarray:
 def _check_image(img: np.ndarray, what: str) -> np.ndarray:
     if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
         shape = img.shape if isinstance(img, np.ndarray) else type(img).__name__
-        raise ValueError(f"{what} expects an (H, W, 3) BGR array; got {shape}: decode with images.load_bgr")
+        raise InvalidInput(f"{what} expects an (H, W, 3) BGR array; got {shape}: decode with images.load_bgr")
     return img.astype(np.float32, copy=False)
 
 
@@ -114,14 +116,14 @@ def resize_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize to (height, width): cv2 INTER_LINEAR (half-pixel centres, edge clamped), as Caffe's tools."""
     img = _check_image(img, "resize_to")
     if height < 1 or width < 1:
-        raise ValueError(f"resize_to: target size {height}x{width} must be at least 1x1")
+        raise InvalidInput(f"resize_to: target size {height}x{width} must be at least 1x1")
     return cv2.resize(np.ascontiguousarray(img), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def short_side_size(height: int, width: int, s: int) -> tuple[int, int]:
     """(height, width) with the short side exactly s and the long side long * s / short rounded, half up."""
     if s < 1:
-        raise ValueError(f"short side must be >= 1; got {s}")
+        raise InvalidInput(f"short side must be >= 1; got {s}")
     short, long = min(height, width), max(height, width)
     scaled = (2 * long * s + short) // (2 * short)
     return (s, scaled) if height <= width else (scaled, s)
@@ -137,7 +139,7 @@ def _crop_offsets(img: np.ndarray, size: int, what: str) -> tuple[tuple[int, int
     """Caffe's oversample positions (top, left): top-left, top-right, bottom-left, bottom-right, centre."""
     height, width = img.shape[:2]
     if size < 1 or size > height or size > width:
-        raise ValueError(
+        raise InvalidInput(
             f"{what}: a {size}x{size} crop does not fit a {height}x{width} (HxW) image; "
             f"resize it first (resize_short_side(img, s) with s >= {size})"
         )
@@ -206,10 +208,10 @@ def to_chw_batch(views: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     """Stack same-size (H, W, 3) views into a contiguous (N, 3, H, W) float32 batch."""
     views = [_check_image(view, "to_chw_batch") for view in views]
     if not views:
-        raise ValueError("to_chw_batch got no views; pass at least one (H, W, 3) array")
+        raise InvalidInput("to_chw_batch got no views; pass at least one (H, W, 3) array")
     shapes = sorted({view.shape for view in views})
     if len(shapes) > 1:
-        raise ValueError(f"to_chw_batch got views of different sizes {shapes}: batch same-size views only")
+        raise InvalidInput(f"to_chw_batch got views of different sizes {shapes}: batch same-size views only")
     return np.ascontiguousarray(np.stack(views).transpose(0, 3, 1, 2), dtype=np.float32)
 
 

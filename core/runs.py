@@ -1,12 +1,11 @@
-"""A trained run's deliverable: `RUN/model.safetensors` plus `RUN/model.json` (network, pyramid, classes,
-preprocessing), which export, evaluation and the runtime read back with `load_model`.
+"""A run directory: `RUN/model.safetensors` plus `RUN/model.json` (a typed `RunInfo`: network, pyramid, classes,
+preprocessing, how it was trained or where it was imported from), which every command reads back with
+`load_model`. Tensors are read through safetensors after their sha256 is checked: never a pickle.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,12 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from sppnet.core.atomic import read_json, sha256, write_atomic
-from sppnet.core.models import SPPNet, build_model
+from sppnet.core.atomic import sha256, write_atomic
+from sppnet.core.errors import ArtifactError
+from sppnet.core.manifest import RUN_WEIGHTS, ModelCard, RunInfo, Weights, read_run_info, write_manifest
+from sppnet.core.models import SPPNet
+from sppnet.core.networks import NetworkSpec, get_network
 from sppnet.core.preprocess import Preprocess
-
-MODEL_FILE = "model.safetensors"
-INFO_FILE = "model.json"
-FORMAT = "sppnet-model"
-REQUIRED = ("model", "classes", "preprocess", "weights")
 
 
 def read_tensors(
@@ -34,10 +31,10 @@ def read_tensors(
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"tensor file {path} cannot be read ({e.strerror}): {fix}") from e
+        raise ArtifactError(f"tensor file {path} cannot be read ({e.strerror}): {fix}") from e
     digest = sha256(data)
     if digest != entry["sha256"]:
-        raise ValueError(
+        raise ArtifactError(
             f"tensor file {path} is corrupt or truncated: its sha256 {digest[:16]}... does not match "
             f"{entry['sha256'][:16]}... recorded beside it; {fix}"
         )
@@ -60,7 +57,7 @@ def check_fits(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
         if not unexpected:
             return
         problem = f"{unexpected[0]} is in the checkpoint but not in the model"
-    raise ValueError(f"{path} does not fit this model{made_for}: {problem}; build the model it was saved from")
+    raise ArtifactError(f"{path} does not fit this model{made_for}: {problem}; build the model it was saved from")
 
 
 def save_trained(
@@ -70,57 +67,51 @@ def save_trained(
     classes: list[str],
     preprocess: Preprocess,
     train: dict[str, Any] | None = None,
+    origin: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the weights and their description atomically (weights first, so a JSON always has its weights)."""
+    """Write the weights and their `RunInfo` atomically (weights first, so a model.json always has its weights).
+
+    `spec` is the layer table as JSON for a network that is not registered (an imported model).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-    write_atomic(run_dir / MODEL_FILE, data)
-    info = {
-        "format": FORMAT,
-        "version": 1,
-        "network": model.spec.name,
-        "model": asdict(model.config),
-        "classes": list(classes),
-        "preprocess": preprocess.to_json(),
-        "weights": {"file": MODEL_FILE, "sha256": sha256(data)},
-        "train": train or {},
-    }
-    write_atomic(run_dir / INFO_FILE, (json.dumps(info, indent=1) + "\n").encode())
-    return run_dir / INFO_FILE
-
-
-def read_model_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """`RUN/model.json`, checked for its format; ValueError naming the path and the fix otherwise."""
-    path = Path(run_dir) / INFO_FILE
-    info = read_json(path, "model description", "pass a run directory written by `sppnet train`")
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an sppnet model description: pass a run directory of `sppnet train`")
-    missing = [key for key in REQUIRED if not isinstance(info.get(key), dict | list)]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}: the file is damaged; retrain or restore the run")
-    return info
-
-
-def load_model(run_dir: str | os.PathLike[str]) -> SPPNet:
-    """The trained network of a run, weights verified by sha256, in eval mode."""
-    info = read_model_info(run_dir)
-    config = info["model"]
-    model = build_model(
-        config["name"],
-        spp=config["spp"],
-        num_classes=config["num_classes"],
-        levels=config["levels"],
-        rule=config["rule"],
-        dropout=config["dropout"],
-        input_size=config.get("input_size"),
+    write_atomic(run_dir / RUN_WEIGHTS, data)
+    card = ModelCard(
+        network=model.spec.name,
+        model=model.config,
+        classes=tuple(classes),
+        preprocess=preprocess,
+        weights=Weights(sha256(data), file=RUN_WEIGHTS),
+        spec=spec,
     )
-    weights = read_tensors(Path(run_dir), info["weights"], fix="retrain the run or restore it")
-    check_fits(model.state_dict(), weights, Path(run_dir) / MODEL_FILE, f" ({config['name']} as model.json says)")
+    return write_manifest(run_dir, RunInfo(card, train or {}, origin or {}))
+
+
+def network_spec(card: ModelCard) -> NetworkSpec:
+    """The layer table a card describes: its own `spec` (an imported network) or the registered network's."""
+    return NetworkSpec.from_json(card.spec) if card.spec is not None else get_network(card.network)
+
+
+def build_from_card(card: ModelCard) -> SPPNet:
+    """The network a card describes, freshly initialised (weights are loaded by the caller)."""
+    return SPPNet(network_spec(card), card.model)
+
+
+def load_model(run_dir: str | os.PathLike[str], info: RunInfo | None = None) -> SPPNet:
+    """The network of a run, weights verified by sha256, in eval mode."""
+    info = info or read_run_info(run_dir)
+    card = info.card
+    model = build_from_card(card)
+    assert card.weights.file is not None  # read_run_info checks it
+    entry = {"file": card.weights.file, "sha256": card.weights.sha256}
+    weights = read_tensors(Path(run_dir), entry, fix="retrain the run or restore it")
+    check_fits(model.state_dict(), weights, Path(run_dir) / card.weights.file, f" ({card.network} as model.json says)")
     model.load_state_dict(weights)
     return model.eval()
 
 
 def load_preprocess(run_dir: str | os.PathLike[str]) -> Preprocess:
-    """The preprocessing the run was trained with."""
-    return Preprocess.from_json(read_model_info(run_dir)["preprocess"])
+    """The preprocessing the run was trained with (or imported with)."""
+    return read_run_info(run_dir).card.preprocess

@@ -15,15 +15,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sppnet.core.bins import DEFAULT_LEVELS, check_levels, check_rule, spp_bins, spp_output_dim, uniform_pooling
+from sppnet.core.errors import InvalidInput
 
 _CACHE_ELEMENTS = 1 << 21  # gathered lookups per chunk of the inference path of `pool_windows`
 
 def _check_maps(x: Tensor, what: str) -> None:
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{what} expects a 4-D (N, C, H, W) tensor; got {shape}: add a batch dimension")
+        raise InvalidInput(f"{what} expects a 4-D (N, C, H, W) tensor; got {shape}: add a batch dimension")
     if min(x.shape[1:]) < 1:
-        raise ValueError(
+        raise InvalidInput(
             f"{what} got an empty feature map of shape {tuple(x.shape)}: the input image is "
             "too small for the network (conv5 has no cells)"
         )
@@ -239,7 +240,7 @@ def _pool_windows_by_table(
 def _check_boxes(maps: Tensor, boxes: Tensor, image_index: Tensor | None) -> tuple[Tensor, Tensor]:
     boxes = torch.as_tensor(boxes)
     if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.is_floating_point():
-        raise ValueError(
+        raise InvalidInput(
             f"pool_windows expects integer boxes of shape (K, 4) as (x0, y0, x1, y1) cells; "
             f"got {boxes.dtype} {tuple(boxes.shape)}: round window coordinates to cells first"
         )
@@ -248,7 +249,7 @@ def _check_boxes(maps: Tensor, boxes: Tensor, image_index: Tensor | None) -> tup
         image_index = torch.zeros(boxes.shape[0], dtype=torch.long)
     image_index = torch.as_tensor(image_index).long().cpu()
     if image_index.shape != (boxes.shape[0],):
-        raise ValueError(
+        raise InvalidInput(
             f"pool_windows: image_index must have shape ({boxes.shape[0]},), "
             f"one map index per box; got {tuple(image_index.shape)}"
         )
@@ -265,7 +266,7 @@ def _check_boxes(maps: Tensor, boxes: Tensor, image_index: Tensor | None) -> tup
     )
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
-        raise ValueError(
+        raise InvalidInput(
             f"pool_windows: box {i} {boxes[i].tolist()} on map {int(image_index[i])} is empty or "
             f"outside the {num} map(s) of {height}x{width} cells: clamp windows to the map first"
         )

@@ -1,55 +1,49 @@
-"""`sppnet build`: TensorRT engines from an ONNX export directory, and the engine manifest the runtime checks.
+"""`sppnet build`: engines from an ONNX export directory, and the engine manifest the runtime checks.
 
 One engine per fixed-size model and the dynamic engine(s): the plugin form where full TensorRT and the sppnet
 plugin are available, else the decomposed form (TensorRT-RTX has no plugins). Every ONNX file is verified (hash,
 onnx.checker, inputs and outputs) before a builder sees it; engines are written atomically and the manifest last,
-so an interrupted build leaves no partial engine and no manifest. No torch here, and `check_engine_dir` imports
-neither onnx nor TensorRT.
+so an interrupted build leaves no partial engine and no manifest. No torch here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sppnet.core.atomic import sha256, sha256_file, write_atomic
-from sppnet.export.manifest import (
-    ENGINE_FORMAT,
+from sppnet.core.atomic import sha256_file, write_atomic
+from sppnet.core.errors import InvalidInput
+from sppnet.core.manifest import (
     FIX,
     MANIFEST,
     ONNX_FORMAT,
-    VERSION,
+    Builder,
+    EngineManifest,
+    ExportManifest,
     ManifestError,
-    file_entry,
-    read_manifest,
+    ModelFile,
+    file_record,
+    read_export_manifest,
     write_manifest,
 )
-from sppnet.export.profiles import Profile, dynamic_profiles, fixed_profile
-from sppnet.export.trt_builder import Backend, EngineFromNetwork, NetworkFromOnnx, load_backend, target_capabilities
+from sppnet.export.trt_builder import EngineFromNetwork, NetworkFromOnnx, target_capabilities
+from sppnet.export.trt_module import Backend, load_backend
 
 PRECISIONS = ("fp32", "fp16")
 KINDS = ("fixed", "dynamic")
-SPP_FORMS = {"fixed": ("static",), "dynamic": ("decomposed", "plugin")}
 DEFAULT_WORKSPACE_MB = 4096
 TIMING_CACHE = "timing.cache"
-COPIED = ("network", "model", "classes", "preprocess", "weights", "spp", "input", "output")
-ONNX_KEYS = (*COPIED, "max_batch", "opt_batch", "sizes", "files")
-ONNX_ENTRY_KEYS = ("file", "sha256", "kind", "scale", "precision", "spp_form")
-ENGINE_KEYS = (*COPIED, "onnx", "builder", "target", "timing_cache", "skipped", "content_sha256")
-ENGINE_ENTRY_KEYS = ("file", "sha256", "onnx_file", "onnx_sha256", "kind", "scale", "precision", "spp_form", "profiles")
 
 
 @dataclass(frozen=True)
 class Job:
-    """One engine to build: its ONNX manifest entry, engine file name and profiles."""
+    """One engine to build: the ONNX file it comes from and the engine file's name."""
 
-    entry: dict[str, Any]
+    entry: ModelFile
     engine_file: str
-    profiles: list[Profile]
 
 
 def _choices(values: Iterable[str] | None, allowed: Sequence[str], what: str) -> tuple[str, ...]:
@@ -58,32 +52,14 @@ def _choices(values: Iterable[str] | None, allowed: Sequence[str], what: str) ->
     chosen = tuple(values)
     unknown = sorted(set(chosen) - set(allowed))
     if unknown or not chosen:
-        raise ValueError(f"{what} {unknown or 'none'} not recognised: choose from {', '.join(allowed)}")
+        raise InvalidInput(f"{what} {unknown or 'none'} not recognised: choose from {', '.join(allowed)}")
     return chosen
-
-
-def _check_onnx_manifest(manifest: dict[str, Any], path: Path) -> None:
-    fix = FIX[ONNX_FORMAT]
-    missing = [key for key in ONNX_KEYS if key not in manifest]
-    if missing:
-        raise ManifestError(f"{path} lacks {', '.join(missing)}: {fix}")
-    for entry in manifest["files"]:
-        lacking = [key for key in ONNX_ENTRY_KEYS if key not in entry]
-        if lacking:
-            raise ManifestError(f"{path}: the entry for {entry.get('file')!r} lacks {', '.join(lacking)}: {fix}")
-        if entry["spp_form"] not in SPP_FORMS.get(entry["kind"], ()) or entry["precision"] not in PRECISIONS:
-            raise ManifestError(
-                f"{path}: {entry['file']} has kind {entry['kind']!r}, spp_form {entry['spp_form']!r}, precision "
-                f"{entry['precision']!r}, which this builder does not know: {fix}"
-            )
-        if not entry["file"].endswith(".onnx"):
-            raise ManifestError(f"{path}: listed file {entry['file']!r} is not a .onnx file: {fix}")
 
 
 def plugin_status() -> tuple[bool, str]:
     """Whether the sppnet SPP plugin is registered with full TensorRT, and if not, why."""
     try:
-        from sppnet.export.trt_plugin import register_spp_plugin
+        from .trt_plugin import register_spp_plugin
     except ImportError as e:
         return False, f"the sppnet SPP plugin cannot be imported ({e})"
     try:
@@ -95,22 +71,8 @@ def plugin_status() -> tuple[bool, str]:
     return True, "registered"
 
 
-def profiles_for(manifest: dict[str, Any], entry: dict[str, Any]) -> list[Profile]:
-    """The optimisation profiles of the engine built from ONNX manifest entry `entry`."""
-    channels = int(manifest["input"].get("channels", 3))
-    batches = {"opt_batch": int(manifest["opt_batch"]), "max_batch": int(manifest["max_batch"])}
-    if entry["kind"] == "fixed":
-        height, width = entry["scale"]
-        return [fixed_profile(height, width, channels=channels, **batches)]
-    scales = [f["scale"] for f in manifest["files"] if f["kind"] == "fixed"]
-    sizes = manifest["sizes"]
-    return dynamic_profiles(
-        min_size=int(sizes["min"]), max_size=int(sizes["max"]), scales=scales, channels=channels, **batches
-    )
-
-
 def plan_builds(
-    manifest: dict[str, Any],
+    manifest: ExportManifest,
     backend: Backend,
     *,
     precisions: Sequence[str],
@@ -118,14 +80,14 @@ def plan_builds(
     plugin: Callable[[], tuple[bool, str]] = plugin_status,
 ) -> tuple[list[Job], list[dict[str, Any]]]:
     """The engines to build from an ONNX manifest with this backend, and the files skipped with their reasons."""
-    wanted = [e for e in manifest["files"] if e["precision"] in precisions and e["kind"] in kinds]
+    wanted = [e for e in manifest.files if e.precision in precisions and e.kind in kinds]
     skipped = [
         {**_identity(e), "reason": f"not requested (precisions {', '.join(precisions)}; kinds {', '.join(kinds)})"}
-        for e in manifest["files"]
+        for e in manifest.files
         if e not in wanted
     ]
     plugin_ok, plugin_why = False, ""
-    if any(e["spp_form"] == "plugin" for e in wanted):
+    if any(e.spp_form == "plugin" for e in wanted):
         if backend.supports_plugins:
             plugin_ok, plugin_why = plugin()
         else:
@@ -133,23 +95,26 @@ def plan_builds(
                 f"{backend.describe()} has no plugins, so it cannot build the custom SpatialPyramidPooling node "
                 "(its ONNX parser must never see it); the decomposed dynamic engine serves the same sizes"
             )
-    plugin_precisions = {e["precision"] for e in wanted if e["spp_form"] == "plugin"} if plugin_ok else set()
+    plugin_precisions = {e.precision for e in wanted if e.spp_form == "plugin"} if plugin_ok else set()
     jobs = []
     for entry in wanted:
-        if entry["spp_form"] == "plugin" and not plugin_ok:
+        if entry.spp_form == "plugin" and not plugin_ok:
             skipped.append({**_identity(entry), "reason": plugin_why})
-        elif entry["spp_form"] == "decomposed" and entry["precision"] in plugin_precisions:
+        elif entry.spp_form == "decomposed" and entry.precision in plugin_precisions:
             skipped.append({**_identity(entry), "reason": "the plugin form of the same precision is built instead"})
         else:
-            jobs.append(Job(entry, Path(entry["file"]).stem + ".engine", profiles_for(manifest, entry)))
+            jobs.append(Job(entry, Path(entry.file).stem + ".engine"))
     return jobs, skipped
 
 
-def _identity(entry: dict[str, Any]) -> dict[str, Any]:
-    return {key: entry[key] for key in ("kind", "scale", "precision", "spp_form")} | {"onnx_file": entry["file"]}
+def _identity(entry: ModelFile) -> dict[str, Any]:
+    scale = list(entry.scale) if entry.scale else None
+    return {"kind": entry.kind, "scale": scale, "precision": entry.precision, "spp_form": entry.spp_form} | {
+        "source_file": entry.file
+    }
 
 
-def check_onnx_file(path: Path, entry: dict[str, Any], manifest: dict[str, Any]) -> None:
+def check_onnx_file(path: Path, entry: ModelFile, manifest: ExportManifest) -> None:
     """Refuse, in one line, an ONNX file that does not load, fails onnx.checker or has the wrong inputs/outputs."""
     import onnx
 
@@ -163,29 +128,18 @@ def check_onnx_file(path: Path, entry: dict[str, Any], manifest: dict[str, Any])
     graph = model.graph
     weights = {init.name for init in graph.initializer}
     inputs = [i for i in graph.input if i.name not in weights]
-    input_name, output_name = manifest["input"]["name"], manifest["output"]["name"]
+    input_name, output_name = manifest.card.input_name, manifest.card.output_name
     if [i.name for i in inputs] != [input_name] or [o.name for o in graph.output] != [output_name]:
         raise ManifestError(
             f"{path} has inputs {[i.name for i in inputs]} and outputs {[o.name for o in graph.output]}, not "
             f"[{input_name!r}] and [{output_name!r}] as its manifest says: {fix}"
         )
     dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
-    channels = manifest["input"].get("channels", 3)
-    spatial_ok = (
-        dims[2:] == list(entry["scale"]) if entry["kind"] == "fixed" else all(isinstance(d, str) for d in dims[2:])
-    )
-    if len(dims) != 4 or dims[1] != channels or not spatial_ok:
-        expected = (
-            f"[N, {channels}, {', '.join(map(str, entry['scale']))}]"
-            if entry["kind"] == "fixed"
-            else (f"[N, {channels}, H, W] with symbolic H and W")
-        )
-        raise ManifestError(f"{path} takes input {dims}, not {expected} as its {entry['kind']} entry says: {fix}")
-
-
-def _content_sha256(manifest: dict[str, Any]) -> str:
-    body = {key: value for key, value in manifest.items() if key != "content_sha256"}
-    return sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    fixed = entry.kind == "fixed" and entry.scale is not None
+    spatial_ok = dims[2:] == list(entry.scale) if fixed else all(isinstance(d, str) for d in dims[2:])  # type: ignore[arg-type]
+    if len(dims) != 4 or dims[1] != 3 or not spatial_ok:
+        expected = f"[N, 3, {', '.join(map(str, entry.scale))}]" if fixed else "[N, 3, H, W] with symbolic H and W"  # type: ignore[arg-type]
+        raise ManifestError(f"{path} takes input {dims}, not {expected} as its {entry.kind} entry says: {fix}")
 
 
 def _relative(path: Path, directory: Path) -> str:
@@ -219,22 +173,21 @@ def build_engines(
     precisions = _choices(precisions, PRECISIONS, "precisions")
     kinds = _choices(kinds, KINDS, "kinds")
     if workspace_mb is not None and workspace_mb < 1:
-        raise ValueError(f"workspace must be at least 1 MiB; got {workspace_mb}")
+        raise InvalidInput(f"workspace must be at least 1 MiB; got {workspace_mb}")
     onnx_dir, out = Path(onnx_dir), Path(out_dir)
     if out.resolve() == onnx_dir.resolve():
-        raise ValueError(f"the engine directory {out} is the ONNX directory: choose another --out")
-    manifest = read_manifest(onnx_dir, ONNX_FORMAT, verify=True)
+        raise InvalidInput(f"the engine directory {out} is the ONNX directory: choose another --out")
+    manifest = read_export_manifest(onnx_dir, verify=True)
     onnx_manifest_sha256 = sha256_file(onnx_dir / MANIFEST)
-    _check_onnx_manifest(manifest, onnx_dir / MANIFEST)
     backend = load_backend(builder)
     if compute_capabilities is not None:
         target_capabilities(backend, compute_capabilities)  # refuse unknown targets before anything is built
     jobs, skipped = plan_builds(manifest, backend, precisions=precisions, kinds=kinds)
     if not jobs:
-        reasons = "; ".join(f"{s['onnx_file']}: {s['reason']}" for s in skipped) or "the manifest lists no files"
-        raise ValueError(f"nothing to build from {onnx_dir} with {backend.describe()} ({reasons})")
+        reasons = "; ".join(f"{s['source_file']}: {s['reason']}" for s in skipped) or "the manifest lists no files"
+        raise InvalidInput(f"nothing to build from {onnx_dir} with {backend.describe()} ({reasons})")
     for job in jobs:
-        check_onnx_file(onnx_dir / job.entry["file"], job.entry, manifest)
+        check_onnx_file(onnx_dir / job.entry.file, job.entry, manifest)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # an interrupted rebuild must not leave the old manifest listing engines
@@ -244,8 +197,8 @@ def build_engines(
         if progress:
             progress(f"[{number}/{len(jobs)}] building {job.engine_file} with {backend.describe()}")
         built = EngineFromNetwork(
-            NetworkFromOnnx(onnx_dir / job.entry["file"], backend=backend),
-            profiles=job.profiles,
+            NetworkFromOnnx(onnx_dir / job.entry.file, backend=backend),
+            profiles=job.entry.profiles,
             workspace_mb=workspace_mb,
             timing_cache=cache_path,
             compute_capabilities=compute_capabilities,
@@ -253,72 +206,41 @@ def build_engines(
         path = out / job.engine_file
         write_atomic(path, built.data)
         cache_records.append(built.timing_cache)
+        source = job.entry
         entries.append(
-            file_entry(
+            file_record(
                 path,
-                onnx_file=job.entry["file"],
-                onnx_sha256=job.entry["sha256"],
-                kind=job.entry["kind"],
-                scale=job.entry["scale"],
-                precision=job.entry["precision"],
-                spp_form=job.entry["spp_form"],
-                profiles=[p.to_json() for p in job.profiles],
-                build_seconds=round(built.seconds, 3),
+                kind=source.kind,
+                scale=source.scale,
+                precision=source.precision,
+                spp_form=source.spp_form,
+                profiles=source.profiles,
+                seconds=round(built.seconds, 3),
+                source_file=source.file,
+                source_sha256=source.sha256,
             )
         )
         if progress:
             progress(f"{job.engine_file}: {len(built.data) / 2**20:.1f} MiB in {built.seconds:.1f} s")
     for record in skipped:
         if progress:
-            progress(f"skipped {record['onnx_file']}: {record['reason']}")
+            progress(f"skipped {record['source_file']}: {record['reason']}")
 
     cache = dict(cache_records[0])
     if cache.get("file") is not None:
         cache.update(file=_relative(cache_path, out), saved_bytes=cache_records[-1].get("saved_bytes"))
-    engine_manifest: dict[str, Any] = {
-        "format": ENGINE_FORMAT,
-        "version": VERSION,
-        "onnx": {"dir": str(onnx_dir.resolve()), "manifest_sha256": onnx_manifest_sha256},
-        **{key: manifest[key] for key in COPIED},
-        "max_batch": manifest["max_batch"],
-        "opt_batch": manifest["opt_batch"],
-        "sizes": manifest["sizes"],
-        "builder": built.builder,
-        "target": built.target,
-        "workspace_mb": workspace_mb,
-        "timing_cache": cache,
-        "files": entries,
-        "skipped": skipped,
-    }
-    engine_manifest = json.loads(json.dumps(engine_manifest))  # what the reader will see (tuples become lists)
-    engine_manifest["content_sha256"] = _content_sha256(engine_manifest)
+    engine_manifest = EngineManifest(
+        card=manifest.card,
+        sizes=manifest.sizes,
+        max_batch=manifest.max_batch,
+        opt_batch=manifest.opt_batch,
+        files=tuple(entries),
+        builder=Builder(**built.builder),
+        source_dir=str(onnx_dir.resolve()),
+        source_manifest_sha256=onnx_manifest_sha256,
+        target=built.target,
+        workspace_mb=workspace_mb,
+        timing_cache=cache,
+        skipped=tuple(skipped),
+    )
     return write_manifest(out, engine_manifest)
-
-
-def engine_profiles(entry: dict[str, Any]) -> list[Profile]:
-    """The optimisation profiles recorded for one engine of an engine manifest."""
-    return [Profile.from_json(record) for record in entry["profiles"]]
-
-
-def check_engine_dir(engine_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The engine manifest of `engine_dir` after checking its content hash, every engine's sha256 and its fields.
-
-    Refusals are ManifestErrors that say how to rebuild; nothing here imports torch, onnx or TensorRT.
-    """
-    directory = Path(engine_dir)
-    path, fix = directory / MANIFEST, FIX[ENGINE_FORMAT]
-    manifest = read_manifest(directory, ENGINE_FORMAT, verify=True)
-    if manifest.get("content_sha256") != _content_sha256(manifest):
-        raise ManifestError(f"{path} was edited after the build (its content hash does not match): {fix}")
-    missing = [key for key in ENGINE_KEYS if key not in manifest]
-    if missing:
-        raise ManifestError(f"{path} lacks {', '.join(missing)}: {fix}")
-    for entry in manifest["files"]:
-        lacking = [key for key in ENGINE_ENTRY_KEYS if key not in entry]
-        if lacking:
-            raise ManifestError(f"{path}: the entry for {entry['file']!r} lacks {', '.join(lacking)}: {fix}")
-        try:
-            engine_profiles(entry)
-        except ValueError as e:
-            raise ManifestError(f"{path}: {entry['file']} has an invalid profile ({e}): {fix}") from e
-    return manifest

@@ -7,139 +7,22 @@ caches). Networks are always strongly typed, so each ONNX graph's own Casts deci
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from sppnet.core.atomic import write_atomic
-from sppnet.export.profiles import Profile
+from sppnet.core.errors import BuildError
+from sppnet.core.profiles import Profile
+from sppnet.export.trt_module import Backend, load_backend, logger, recording, summary
 
-MODULES = ("tensorrt", "tensorrt_rtx")
-INSTALL_HINT = (
-    "install TensorRT-RTX with `pip install tensorrt-rtx-cu13` (or the project's extra: `pip install -e .[trt-rtx]`)"
-)
 # TensorRT-RTX's documented default targets for a CPU-only (ahead-of-time) build: Ampere and later; Turing (7.5)
 # only when asked for explicitly (docs.nvidia.com/deeplearning/tensorrt-rtx, "CPU-Only AOT and TensorRT-RTX Engines").
 RTX_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
 RTX_NO_TIMING_CACHE = "TensorRT-RTX ignores timing caches (its timing cache calls are no-ops, deprecated since 1.2)"
-MAX_MESSAGES = 3
-
-
-class BuildError(ValueError):
-    """No builder, or the ONNX parser or the builder refused a model; one line naming the component and the fix."""
-
-
-@dataclass(frozen=True)
-class Backend:
-    """The TensorRT module that builds engines, and what it can do."""
-
-    trt: ModuleType
-
-    @property
-    def name(self) -> str:
-        return self.trt.__name__
-
-    @property
-    def version(self) -> str:
-        return str(self.trt.__version__)
-
-    @property
-    def is_rtx(self) -> bool:
-        return self.name == "tensorrt_rtx"
-
-    @property
-    def supports_plugins(self) -> bool:
-        """Full TensorRT runs custom-op plugins; TensorRT-RTX has none."""
-        return not self.is_rtx
-
-    @property
-    def supports_timing_cache(self) -> bool:
-        return not self.is_rtx
-
-    def describe(self) -> str:
-        return f"{self.name} {self.version}"
-
-
-def load_backend(name: str | None = None) -> Backend:
-    """The builder module `name`, or the first importable of `tensorrt`, `tensorrt_rtx`; else a BuildError."""
-    if name is not None and name not in MODULES:
-        raise BuildError(f"unknown TensorRT builder {name!r}: choose one of {', '.join(MODULES)}")
-    tried = []
-    for candidate in (name,) if name else MODULES:
-        try:
-            module = importlib.import_module(candidate)
-        except (ImportError, OSError) as e:  # OSError: a wheel whose shared libraries fail to load
-            tried.append(f"{candidate} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'missing'})")
-            continue
-        if not hasattr(module, "Builder"):  # e.g. the PyPI `tensorrt` placeholder without its vendor wheel
-            tried.append(f"{candidate} (no Builder: an incomplete install)")
-            continue
-        return Backend(module)
-    raise BuildError(f"no TensorRT builder could be imported (tried {'; '.join(tried)}): {INSTALL_HINT}")
-
-
-_LOGGERS: dict[str, Any] = {}
-
-
-def _logger(backend: Backend) -> Any:
-    """The one logger per module (TensorRT keeps the first logger a process registers); it records messages."""
-    if backend.name not in _LOGGERS:
-        trt = backend.trt
-
-        class Recorder(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.messages: list[tuple[Any, str]] = []
-                self.recordings = 0
-
-            def log(self, severity: Any, msg: str) -> None:
-                if self.recordings and severity <= trt.ILogger.Severity.WARNING:
-                    self.messages.append((severity, msg))
-
-        _LOGGERS[backend.name] = Recorder()
-    return _LOGGERS[backend.name]
-
-
-class _Recording:
-    """The error messages a module logged since the recording began, as one-line strings."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.logger = _logger(backend)
-        self.start = len(self.logger.messages)
-        self.error = backend.trt.ILogger.Severity.ERROR
-
-    def errors(self) -> list[str]:
-        lines: list[str] = []
-        for severity, msg in self.logger.messages[self.start :]:
-            line = " ".join(msg.split())
-            if severity <= self.error and line not in lines:
-                lines.append(line)
-        return lines
-
-
-@contextmanager
-def _recording(backend: Backend) -> Iterator[_Recording]:
-    """Record what the module logs inside the block (nothing is kept outside one, so messages never pile up)."""
-    recording = _Recording(backend)
-    recording.logger.recordings += 1
-    try:
-        yield recording
-    finally:
-        recording.logger.recordings -= 1
-        del recording.logger.messages[recording.start :]
-
-
-def _summary(messages: Sequence[str]) -> str:
-    if not messages:
-        return "no message"
-    more = f" (+{len(messages) - MAX_MESSAGES} more)" if len(messages) > MAX_MESSAGES else ""
-    return " | ".join(messages[:MAX_MESSAGES]) + more
 
 
 def custom_ops(path: Path) -> list[str]:
@@ -191,19 +74,19 @@ class NetworkFromOnnx:
                     f"{self.path.name} has custom ops ({', '.join(ops)}) that need a TensorRT plugin, which "
                     f"{backend.describe()} cannot load: build the decomposed dynamic model instead"
                 )
-        with _recording(backend) as recording:
-            builder = trt.Builder(_logger(backend))
+        with recording(backend) as log:
+            builder = trt.Builder(logger(backend))
             flags = 0
             if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
                 flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
             network = builder.create_network(flags)
-            parser = trt.OnnxParser(network, _logger(backend))
+            parser = trt.OnnxParser(network, logger(backend))
             ok = parser.parse_from_file(str(self.path))
             if not ok:
                 messages = [" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors)]
                 raise BuildError(
                     f"{self.path.name}: the {backend.describe()} ONNX parser refused it: "
-                    f"{_summary(messages or recording.errors())}"
+                    f"{summary(messages or log.errors())}"
                 )
         return ParsedNetwork(backend, builder, network, parser, self.path)
 
@@ -320,7 +203,7 @@ class EngineFromNetwork:
         parsed = self.network()
         backend, trt = parsed.backend, parsed.backend.trt
         name = parsed.source.name
-        with _recording(backend) as recording:
+        with recording(backend) as log:
             config = parsed.builder.create_builder_config()
             if self.workspace_mb is not None:
                 config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)
@@ -334,12 +217,12 @@ class EngineFromNetwork:
                 if config.add_optimization_profile(optimisation) < 0:
                     raise BuildError(
                         f"{name}: {backend.describe()} refused the profile {profile.describe()} for "
-                        f"input {input_name!r}: {_summary(recording.errors())}"
+                        f"input {input_name!r}: {summary(log.errors())}"
                     )
             cache = self._load_cache(backend, config)
             serialized = parsed.builder.build_serialized_network(parsed.network, config)
             if serialized is None:
-                raise BuildError(f"{name}: the {backend.describe()} builder failed: {_summary(recording.errors())}")
+                raise BuildError(f"{name}: the {backend.describe()} builder failed: {summary(log.errors())}")
         data = bytes(serialized)
         del serialized
         self._save_cache(config, cache)

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sppnet.core.errors import InvalidInput
+
 Shape = tuple[int, int, int, int]  # (N, C, H, W)
 
 
@@ -24,13 +26,13 @@ class Profile:
     def __post_init__(self) -> None:
         shapes = (self.min, self.opt, self.max)
         if any(len(s) != 4 or not all(isinstance(d, int) and d >= 1 for d in s) for s in shapes):
-            raise ValueError(f"profile shapes must be 4 positive integers (N, C, H, W); got {shapes}")
+            raise InvalidInput(f"profile shapes must be 4 positive integers (N, C, H, W); got {shapes}")
         if not all(lo <= mid <= hi for lo, mid, hi in zip(*shapes, strict=True)):
-            raise ValueError(
+            raise InvalidInput(
                 f"profile needs min <= opt <= max on every axis; got min {self.min}, opt {self.opt}, max {self.max}"
             )
         if not self.min[1] == self.opt[1] == self.max[1]:
-            raise ValueError(f"profile channels must be fixed; got {self.min[1]}, {self.opt[1]}, {self.max[1]}")
+            raise InvalidInput(f"profile channels must be fixed; got {self.min[1]}, {self.opt[1]}, {self.max[1]}")
 
     @property
     def max_batch(self) -> int:
@@ -53,26 +55,26 @@ class Profile:
     def from_json(cls, record: Any) -> Profile:
         """Inverse of `to_json`; a malformed record is a ValueError."""
         if not isinstance(record, dict) or set(record) != {"min", "opt", "max"}:
-            raise ValueError(f"a profile record needs exactly the keys min, opt, max; got {record!r}")
+            raise InvalidInput(f"a profile record needs exactly the keys min, opt, max; got {record!r}")
         shapes = []
         for key in ("min", "opt", "max"):
             value = record[key]
             if not isinstance(value, list) or len(value) != 4 or not all(type(d) is int for d in value):
-                raise ValueError(f"profile {key} must be a list of 4 integers; got {value!r}")
+                raise InvalidInput(f"profile {key} must be a list of 4 integers; got {value!r}")
             shapes.append((value[0], value[1], value[2], value[3]))
         return cls(*shapes)
 
 
 def _check_batches(opt_batch: int, max_batch: int) -> None:
     if not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"need 1 <= opt batch ({opt_batch}) <= max batch ({max_batch}); re-export with valid batches")
+        raise InvalidInput(f"need 1 <= opt batch ({opt_batch}) <= max batch ({max_batch}): re-export with valid ones")
 
 
 def fixed_profile(height: int, width: int, *, opt_batch: int, max_batch: int, channels: int = 3) -> Profile:
     """The one profile of a fixed-size engine: spatial size pinned, batch 1..max_batch tuned at opt_batch."""
     _check_batches(opt_batch, max_batch)
     if height < 1 or width < 1:
-        raise ValueError(f"a fixed engine needs a positive size; got {height}x{width}")
+        raise InvalidInput(f"a fixed engine needs a positive size; got {height}x{width}")
     return Profile(
         (1, channels, height, width), (opt_batch, channels, height, width), (max_batch, channels, height, width)
     )
@@ -96,10 +98,10 @@ def dynamic_profiles(
     """
     _check_batches(opt_batch, max_batch)
     if not 1 <= min_size <= max_size:
-        raise ValueError(f"need 1 <= min size ({min_size}) <= max size ({max_size}); re-export with a valid range")
+        raise InvalidInput(f"need 1 <= min size ({min_size}) <= max size ({max_size}); re-export with a valid range")
     for scale in scales:
         if len(scale) != 2 or min(scale) < 1:
-            raise ValueError(f"an export scale must be (height, width) with positive sizes; got {scale!r}")
+            raise InvalidInput(f"an export scale must be (height, width) with positive sizes; got {scale!r}")
     lo = (1, channels, min_size, min_size)
     hi = (max_batch, channels, max_size, max_size)
     if not scales:
@@ -122,7 +124,7 @@ def profile_for(profiles: Sequence[Profile], height: int, width: int) -> int:
         if profile.covers(height, width):
             return index
     ranges = ", ".join(p.describe() for p in profiles) or "none"
-    raise ValueError(
+    raise InvalidInput(
         f"an image of {height}x{width} is outside every engine profile ({ranges}): resize it into range "
         "or re-export and rebuild with a wider size range"
     )
