@@ -20,7 +20,7 @@ from typing import Any, Literal
 from sppnet.core.atomic import read_json, sha256, sha256_file, write_atomic
 from sppnet.core.caffe_shapes import Geometry, feature_map_size
 from sppnet.core.errors import ArtifactError
-from sppnet.core.networks import ModelConfig
+from sppnet.core.networks import ModelConfig, NetworkSpec, get_network
 from sppnet.core.preprocess import Preprocess
 from sppnet.core.profiles import Profile
 
@@ -29,6 +29,7 @@ RUN_FORMAT = "sppnet-model"
 ONNX_FORMAT = "sppnet-onnx"
 ENGINE_FORMAT = "sppnet-engines"
 MANIFEST = "manifest.json"
+INPUT_NAME, OUTPUT_NAME = "image", "logits"  # every model's tensors: (N, 3, H, W) in, (N, classes) out
 RUN_INFO = "model.json"
 RUN_WEIGHTS = "model.safetensors"
 
@@ -93,12 +94,16 @@ class ModelCard:
     preprocess: Preprocess
     weights: Weights
     spec: dict[str, Any] | None = None
-    input_name: str = "image"
-    output_name: str = "logits"
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
 
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    def network_spec(self) -> NetworkSpec:
+        """The layer table this card describes: its own `spec` (an imported network) or the registered network's."""
+        return NetworkSpec.from_json(self.spec) if self.spec is not None else get_network(self.network)
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -279,8 +284,8 @@ def _card(r: _Reader) -> ModelCard:
     classes = r.get("classes", list)
     if not all(isinstance(c, str) for c in classes) or len(classes) != config.num_classes:
         raise ManifestError(f"{r.where}: 'classes' must be {config.num_classes} names (one per output); {r.fix}")
-    input_name = r.sub("input").get("name", str) if "input" in r.record else "image"
-    output_name = r.sub("output").get("name", str) if "output" in r.record else "logits"
+    input_name = r.sub("input").get("name", str) if "input" in r.record else INPUT_NAME
+    output_name = r.sub("output").get("name", str) if "output" in r.record else OUTPUT_NAME
     return ModelCard(
         network=r.get("network", str),
         model=config,
@@ -293,13 +298,18 @@ def _card(r: _Reader) -> ModelCard:
     )
 
 
-def _sizes_json(sizes: SizeRange) -> dict[str, Any]:
+def sizes_to_json(sizes: SizeRange) -> dict[str, Any]:
     return {
         "min": sizes.min,
         "max": sizes.max,
         "feature_stride": sizes.feature_stride,
         "layers": [list(layer) for layer in sizes.layers],
     }
+
+
+def sizes_from_json(record: Any, where: str = "sizes", fix: str = FIX[ONNX_FORMAT]) -> SizeRange:
+    """Inverse of `sizes_to_json`; ManifestError naming `where` and `fix` for a malformed record."""
+    return _sizes(_Reader(record, where, fix))
 
 
 def _sizes(r: _Reader) -> SizeRange:
@@ -374,7 +384,7 @@ def to_json(manifest: RunInfo | ExportManifest | EngineManifest) -> dict[str, An
         }
     common = {
         **_card_json(manifest.card),
-        "sizes": _sizes_json(manifest.sizes),
+        "sizes": sizes_to_json(manifest.sizes),
         "max_batch": manifest.max_batch,
         "opt_batch": manifest.opt_batch,
         "files": [_file_json(f) for f in manifest.files],
@@ -398,6 +408,11 @@ def to_json(manifest: RunInfo | ExportManifest | EngineManifest) -> dict[str, An
         "timing_cache": manifest.timing_cache,
         "skipped": list(manifest.skipped),
     }
+
+
+def content_sha256(manifest: EngineManifest) -> str:
+    """The hash an engine manifest carries of its own content (what `write_manifest` records)."""
+    return _content_sha256(json.loads(json.dumps(to_json(manifest))))
 
 
 def _content_sha256(record: dict[str, Any]) -> str:

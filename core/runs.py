@@ -17,7 +17,6 @@ from sppnet.core.atomic import sha256, write_atomic
 from sppnet.core.errors import ArtifactError
 from sppnet.core.manifest import RUN_WEIGHTS, ModelCard, RunInfo, Weights, read_run_info, write_manifest
 from sppnet.core.models import SPPNet
-from sppnet.core.networks import NetworkSpec, get_network
 from sppnet.core.preprocess import Preprocess
 
 
@@ -89,14 +88,9 @@ def save_trained(
     return write_manifest(run_dir, RunInfo(card, train or {}, origin or {}))
 
 
-def network_spec(card: ModelCard) -> NetworkSpec:
-    """The layer table a card describes: its own `spec` (an imported network) or the registered network's."""
-    return NetworkSpec.from_json(card.spec) if card.spec is not None else get_network(card.network)
-
-
 def build_from_card(card: ModelCard) -> SPPNet:
     """The network a card describes, freshly initialised (weights are loaded by the caller)."""
-    return SPPNet(network_spec(card), card.model)
+    return SPPNet(card.network_spec(), card.model)
 
 
 def load_model(run_dir: str | os.PathLike[str], info: RunInfo | None = None) -> SPPNet:

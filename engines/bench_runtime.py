@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from sppnet.core.preprocess import subtract_mean, to_chw_batch
-from sppnet.engines.backends.base import Runner
-from sppnet.engines.routing import Policy, route
+from sppnet.engines.backends.base import Runner, TensorMeta
+from sppnet.engines.routing import Policy, Served, route_size
 from sppnet.engines.runtime import NATIVE, Runtime
 
 
@@ -72,12 +72,13 @@ def bench_runtime(
     with Runtime(directory, backend=backend, policy=Policy("none"), precision=precision, topk=1) as rt:
         models = rt.models
         lo = models.dynamic.profiles[0].min[2] if models.dynamic else min(h for h, _ in models.fixed)
-        stream = mixed_stream(list(models.fixed), count, lo, min(max_size, models.manifest["sizes"]["max"]), seed)
-        routes = [route(img.shape[0], img.shape[1], models) for img in stream]
+        stream = mixed_stream(list(models.fixed), count, lo, min(max_size, models.sizes.max), seed)
+        served = Served.of(models)
+        routes = [route_size(img.shape[0], img.shape[1], served) for img in stream]
         groups: dict[tuple[str, int, int, int], list[int]] = {}
         for i, r in enumerate(routes):
             groups.setdefault(r.key(), []).append(i)
-        by_name = {f.name: f for f in models.files}
+        by_name = {f.file: f for f in models.files}
 
         def direct() -> None:
             # The dispatcher's work minus the dispatcher: preprocess everything, then run the same batches.
@@ -86,7 +87,7 @@ def bench_runtime(
                 limit = by_name[name].profiles[profile].max_batch
                 for start in range(0, len(indices), limit):
                     batch = to_chw_batch([views[i] for i in indices[start : start + limit]])
-                    rt.runners[name].infer({models.input_name: batch}, profile)
+                    rt.runners[name].infer({models.card.input_name: batch}, profile)
 
         def dispatcher() -> None:
             results = rt.infer(stream)
@@ -126,15 +127,21 @@ def bench_runtime(
 class _Instant(Runner):
     """Returns zeros of the right shape at once: what is left of a pass is the dispatcher's own work."""
 
-    def __init__(self, classes: int, output: str) -> None:
+    def __init__(self, classes: int, input_name: str, output_name: str) -> None:
         super().__init__()
-        self.classes, self.output = classes, output
+        self.classes, self.input_name, self.output_name = classes, input_name, output_name
 
     def _activate_impl(self) -> None: ...
 
     def _infer_impl(self, feed: dict[str, np.ndarray], profile: int) -> dict[str, np.ndarray]:
         (x,) = feed.values()
-        return {self.output: np.zeros((len(x), self.classes), np.float32)}
+        return {self.output_name: np.zeros((len(x), self.classes), np.float32)}
+
+    def _inputs_impl(self) -> list[TensorMeta]:
+        return [TensorMeta(self.input_name, np.dtype(np.float32), (None, 3, None, None))]
+
+    def _outputs_impl(self) -> list[TensorMeta]:
+        return [TensorMeta(self.output_name, np.dtype(np.float32), (None, self.classes))]
 
     def _deactivate_impl(self) -> None: ...
 
@@ -142,7 +149,8 @@ class _Instant(Runner):
 def _bookkeeping(rt: Runtime, dispatcher: Callable[[], None], direct: Callable[[], None], repeats: int) -> float:
     """Median of (dispatcher - direct) pass time with instant models: routing, grouping, results, top-k."""
     real = dict(rt.runners)
-    instant = _Instant(len(rt.models.classes), rt.models.output_name).activate()
+    card = rt.models.card
+    instant = _Instant(card.num_classes, card.input_name, card.output_name).activate()
     for name in real:
         rt.runners[name] = rt.executor.runners[name] = instant
     try:

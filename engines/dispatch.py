@@ -2,11 +2,14 @@
 
 `run_batches` serves a whole request at once (a caller's images, grouped by route). `StreamBatcher` serves callers
 that submit one image at a time: a worker thread collects images per route until the batch is full or the oldest
-has waited `max_wait_ms`, then runs them. A device out-of-memory error splits the batch in half and retries.
+has waited `max_wait_ms`, then runs them. A device out-of-memory error splits the batch in half and retries. An
+`SppnetError` (a failure the user can fix) fails only its batch's images; anything else is a bug: logged with its
+traceback and raised.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -15,11 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sppnet.core.errors import InvalidInput, OutOfMemory, SppnetError
 from sppnet.core.preprocess import to_chw_batch
-from sppnet.engines.backends.base import OutOfMemory, Runner
+from sppnet.engines.backends.base import Runner
 from sppnet.engines.routing import Route
 
 Outcome = np.ndarray | Exception
+log = logging.getLogger("sppnet.engines")
 
 
 @dataclass
@@ -74,8 +79,11 @@ class Executor:
             self.stats.add(oom_retries=1)
             half = len(views) // 2
             return self._run_chunk(route, views[:half]) + self._run_chunk(route, views[half:])
-        except Exception as e:  # one failing batch must not take the others down
+        except SppnetError as e:  # a failure the user can fix fails this batch's images, not the others
             return [e] * len(views)
+        except Exception:
+            log.exception("bug while running a batch of %d on %s (profile %d)", len(views), route.model, route.profile)
+            raise
         self.stats.add(batches=1, images=len(views))
         return list(logits)
 
@@ -112,7 +120,7 @@ class StreamBatcher:
         future: Future = Future()
         with self._cond:
             if self._closed:
-                raise RuntimeError("the batcher is closed: create a new Runtime")
+                raise InvalidInput("the batcher is closed: create a new Runtime")
             self._pending.setdefault(item.route.key(), []).append((item, future, time.monotonic()))
             self._cond.notify()
         return future
@@ -153,7 +161,10 @@ class StreamBatcher:
                     self._cond.wait(timeout=self._next_deadline())
                     batch = self._take_ready()
             route = batch[0][0].route
-            outcomes = self.executor.run_group(route, [item.view for item, _, _ in batch])
+            try:
+                outcomes: list[Outcome] = self.executor.run_group(route, [item.view for item, _, _ in batch])
+            except Exception as bug:  # logged by run_group; each caller gets it with its traceback
+                outcomes = [bug] * len(batch)
             for (_, future, _), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     future.set_exception(outcome)

@@ -25,28 +25,35 @@ from typing import Any
 import numpy as np
 
 from sppnet.core.atomic import sha256_file
-from sppnet.engines.backends.base import RunnerError
-from sppnet.engines.backends.trt import CUDA_APIS, TensorRTRunner, load_cuda
-from sppnet.export.build import check_engine_dir, engine_profiles
-from sppnet.export.manifest import MANIFEST, ONNX_FORMAT, ManifestError, read_manifest
-from sppnet.export.profiles import Profile, profile_for
+from sppnet.core.errors import SppnetError
+from sppnet.core.manifest import (
+    MANIFEST,
+    EngineManifest,
+    ExportManifest,
+    ModelFile,
+    read_engine_manifest,
+    read_export_manifest,
+)
+from sppnet.core.profiles import Profile, profile_for
+from sppnet.engines.backends.cuda import CUDA_APIS, load_cuda
+from sppnet.engines.backends.onnxrt import OnnxRuntimeRunner, SessionFromOnnx
+from sppnet.engines.backends.trt import TensorRTRunner
+from sppnet.engines.compare import compare, summarise
+from sppnet.engines.parity import random_images
 
 
-class CheckError(RuntimeError):
+class CheckError(SppnetError):
     """The check cannot go on; the message is the one line printed."""
 
 
-def check_inputs(engine_dir: Path, onnx_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def check_inputs(engine_dir: Path, onnx_dir: Path) -> tuple[EngineManifest, ExportManifest]:
     """Both manifests, after checking that the engines were built from this very export."""
-    try:
-        manifest = check_engine_dir(engine_dir)
-        onnx_manifest = read_manifest(onnx_dir, ONNX_FORMAT)
-    except ManifestError as e:
-        raise CheckError(str(e)) from e
-    if sha256_file(onnx_dir / MANIFEST) != manifest["onnx"]["manifest_sha256"]:
+    manifest = read_engine_manifest(engine_dir)
+    onnx_manifest = read_export_manifest(onnx_dir)
+    if sha256_file(onnx_dir / MANIFEST) != manifest.source_manifest_sha256:
         raise CheckError(
             f"{engine_dir} was not built from {onnx_dir} (its manifest names the export at "
-            f"{manifest['onnx']['dir']}): pass the ONNX directory the engines were built from"
+            f"{manifest.source_dir}): pass the ONNX directory the engines were built from"
         )
     return manifest, onnx_manifest
 
@@ -65,11 +72,11 @@ def dynamic_sizes(profiles: Sequence[Profile], count: int, seed: int) -> list[tu
     return list(dict.fromkeys(sizes))
 
 
-def parity_cases(entry: dict[str, Any], count: int, seed: int) -> list[tuple[int, int, int, int]]:
+def parity_cases(entry: ModelFile, count: int, seed: int) -> list[tuple[int, int, int, int]]:
     """(profile, batch, height, width) to compare: fixed at batch 1 and max; dynamic at many sizes and max batches."""
-    profiles = engine_profiles(entry)
-    if entry["kind"] == "fixed":
-        h, w = entry["scale"]
+    profiles = list(entry.profiles)
+    if entry.kind == "fixed" and entry.scale is not None:
+        h, w = entry.scale
         return [(0, 1, h, w), (0, profiles[0].max_batch, h, w)]
     cases = [(profile_for(profiles, h, w), 1, h, w) for h, w in dynamic_sizes(profiles, count, seed)]
     cases += [(i, p.max_batch, p.opt[2], p.opt[3]) for i, p in enumerate(profiles)]
@@ -105,101 +112,68 @@ def timing_row(profile: int, batch: int, size: tuple[int, int], times: Sequence[
 
 def check_engine(
     runner: TensorRTRunner,
-    session: Any,
-    entry: dict[str, Any],
-    manifest: dict[str, Any],
+    reference: OnnxRuntimeRunner,
+    entry: ModelFile,
+    manifest: EngineManifest,
     *,
     sizes: int,
     seed: int,
     repeat: int,
     warmup: int,
 ) -> dict[str, Any]:
-    """Parity rows, their summary and timings for one active runner."""
-    from sppnet.engines.parity import compare, random_images, summarise  # torch: the GPU machine has it
-
+    """Parity rows, their summary and timings for one active runner against its active ONNX Runtime reference."""
     rng = np.random.default_rng(seed)
-    scale = float(manifest["preprocess"].get("scale", 1.0))
-    input_name, output_name = manifest["input"]["name"], manifest["output"]["name"]
+    card = manifest.card
     rows = []
     for profile, batch, h, w in parity_cases(entry, sizes, seed):
-        x = random_images(rng, batch, h, w, scale)
-        got = runner.infer({input_name: x}, profile)[output_name]
-        want = session.run(None, {input_name: x})[0].astype(np.float64)
-        rows.append(compare(entry["file"], entry["precision"], (h, w), got, want))
+        feed = {card.input_name: random_images(rng, batch, h, w, card.preprocess.scale)}
+        got = runner.infer(feed, profile)[card.output_name]
+        want = reference.infer(feed)[card.output_name]
+        rows.append(compare(got, want, name=entry.file, precision=entry.precision, size=(h, w)))
     timings = []
-    for index, p in enumerate(engine_profiles(entry)):
+    for index, p in enumerate(entry.profiles):
         h, w = p.opt[2], p.opt[3]
         for batch in dict.fromkeys((1, p.max_batch)):
-            feed = {input_name: random_images(rng, batch, h, w, scale)}
+            feed = {card.input_name: random_images(rng, batch, h, w, card.preprocess.scale)}
             times = timed(lambda feed=feed, index=index: runner.infer(feed, index), repeat, warmup)
             timings.append(timing_row(index, batch, (h, w), times))
     worst = max(rows, key=lambda r: r.max_rel)
-    return {
-        "parity": summarise(rows)[0],
-        "worst": worst.to_json(),
-        "timing": timings,
-    }
+    return {"parity": summarise(rows)[0], "worst": worst.to_json(), "timing": timings}
 
 
 def run_checks(args: argparse.Namespace, report: dict[str, Any]) -> bool:
-    """Fill `report` engine by engine; True if every engine is within tolerance. CheckError stops the run."""
+    """Fill `report` engine by engine; True if every engine is within tolerance. An SppnetError stops the run."""
     manifest, _ = check_inputs(args.engines, args.onnx)
-    report["builder"] = manifest["builder"]
-    report["target"] = manifest["target"]
-    try:
-        cuda = load_cuda(args.cuda_api, args.device)
-        report["device"] = {"name": cuda.device_name(), "capability": cuda.capability(), "cuda_api": cuda.name}
-    except RunnerError as e:
-        raise CheckError(f"no usable CUDA GPU: {e}") from e
+    report["builder"] = {"module": manifest.builder.module, "version": manifest.builder.version}
+    report["target"] = manifest.target
+    cuda = load_cuda(args.cuda_api, args.device)
+    report["device"] = {"name": cuda.device_name(), "capability": cuda.capability(), "cuda_api": cuda.name}
     ok = True
-    for entry in manifest["files"]:
-        record: dict[str, Any] = {"engine": entry["file"], "kind": entry["kind"], "precision": entry["precision"]}
+    for entry in manifest.files:
+        record: dict[str, Any] = {"engine": entry.file, "kind": entry.kind, "precision": entry.precision}
         report["engines"].append(record)
-        runner = TensorRTRunner(
-            args.engines / entry["file"], manifest, entry, device=args.device, cuda_api=args.cuda_api
-        )
+        runner = TensorRTRunner(args.engines / entry.file, manifest, entry, device=args.device, cuda_api=args.cuda_api)
+        source = args.onnx / (entry.source_file or "")
+        reference = OnnxRuntimeRunner(SessionFromOnnx(source, providers=["CPUExecutionProvider"]))
         try:
-            runner.activate()
-        except RunnerError as e:
-            record["error"] = str(e)
-            raise CheckError(f"{entry['file']}: {e}") from e
-        try:
-            record |= check_engine(
-                runner,
-                _session(args.onnx / entry["onnx_file"]),
-                entry,
-                manifest,
-                sizes=args.sizes,
-                seed=args.seed,
-                repeat=args.repeat,
-                warmup=args.warmup,
-            )
+            with runner, reference:
+                record |= check_engine(
+                    runner,
+                    reference,
+                    entry,
+                    manifest,
+                    sizes=args.sizes,
+                    seed=args.seed,
+                    repeat=args.repeat,
+                    warmup=args.warmup,
+                )
             ok = ok and record["parity"]["ok"]
-        except RunnerError as e:
+        except SppnetError as e:
             record["error"] = str(e)
-            raise CheckError(f"{entry['file']}: {e}") from e
+            raise CheckError(f"{entry.file}: {e}") from e
         finally:
-            _deactivate(runner, record)
+            record["runner"] = dict(runner.info)
     return ok
-
-
-def _session(path: Path) -> Any:
-    from sppnet.engines.parity import onnx_session
-
-    try:
-        return onnx_session(path)
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise CheckError(f"ONNX Runtime cannot load {path} ({str(e).strip().splitlines()[0]}): re-export it") from e
-
-
-def _deactivate(runner: TensorRTRunner, record: dict[str, Any]) -> None:
-    try:
-        runner.deactivate()
-    except RunnerError as e:
-        record["error"] = str(e)
-        raise CheckError(f"{runner.path.name}: {e}") from e
-    finally:
-        record["runner"] = dict(runner.info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"engine_dir": str(args.engines), "onnx_dir": str(args.onnx), "engines": []}
     try:
         ok = run_checks(args, report)
-    except CheckError as e:
+    except SppnetError as e:
         report["error"] = str(e)
         print(json.dumps(report, indent=1))
         print(f"gpu_check: {e}", file=sys.stderr)

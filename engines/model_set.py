@@ -1,78 +1,53 @@
 """What the runtime serves: the fixed-size models and the dynamic model of one directory, in one precision.
 
-Three directory kinds: an engine directory (`sppnet build`, TensorRT), an ONNX export (`sppnet export`, ONNX
-Runtime) and a training run (`RUN/model.json`, the PyTorch reference). Each carries the network's classes and
-preprocessing; manifests and file hashes are verified before anything is loaded. No torch here.
+Three directory kinds: an engine directory (`sppnet build`), an ONNX export (`sppnet export`, ONNX Runtime) and a
+run (`RUN/model.json`, the PyTorch reference). Each is read through its typed manifest (`sppnet.core.manifest`),
+files verified by sha256 before anything is loaded. No torch here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from sppnet.core.preprocess import Preprocess
-from sppnet.export.build import check_engine_dir, engine_profiles, profiles_for
-from sppnet.export.manifest import ENGINE_FORMAT, MANIFEST, ONNX_FORMAT, read_manifest
-from sppnet.export.profiles import Profile, fixed_profile
+from sppnet.core.errors import InvalidInput
+from sppnet.core.manifest import (
+    DirectoryKind,
+    EngineManifest,
+    ExportManifest,
+    ModelCard,
+    ModelFile,
+    RunInfo,
+    SizeRange,
+    directory_kind,
+    read_engine_manifest,
+    read_export_manifest,
+    read_run_info,
+)
+from sppnet.core.networks import feature_stride, geometry, min_input_size
+from sppnet.core.profiles import Profile, fixed_profile
 
-KINDS = ("engines", "onnx", "run")
 # The PyTorch reference takes any size; this bounds what the runtime sends it.
 REFERENCE_MAX_SIZE = 2048
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """One model the runtime can route to: a fixed size or the dynamic one, with its optimisation profiles."""
-
-    name: str
-    path: Path
-    kind: str  # "fixed" or "dynamic"
-    scale: tuple[int, int] | None
-    precision: str
-    profiles: tuple[Profile, ...]
-    entry: dict[str, Any]
-
-    @property
-    def max_batch(self) -> int:
-        return max(p.max_batch for p in self.profiles)
+REFERENCE_BATCH = 32
+RUN_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
 class ModelSet:
-    """The models of one directory in one precision, with what every route needs to know."""
+    """The models of one directory in one precision, with the card and size range every route needs."""
 
     directory: Path
-    kind: str  # "engines", "onnx" or "run"
-    manifest: dict[str, Any]
+    kind: DirectoryKind
+    manifest: EngineManifest | ExportManifest | RunInfo
     files: tuple[ModelFile, ...]
     precision: str
+    sizes: SizeRange
 
     @property
-    def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
-
-    @property
-    def preprocess(self) -> Preprocess:
-        return Preprocess.from_json(self.manifest["preprocess"])
-
-    @property
-    def network(self) -> str:
-        return str(self.manifest["network"])
-
-    @property
-    def input_name(self) -> str:
-        return str(self.manifest["input"]["name"])
-
-    @property
-    def output_name(self) -> str:
-        return str(self.manifest["output"]["name"])
-
-    @property
-    def spp(self) -> dict[str, Any]:
-        return dict(self.manifest["spp"])
+    def card(self) -> ModelCard:
+        return self.manifest.card
 
     @property
     def fixed(self) -> dict[tuple[int, int], ModelFile]:
@@ -83,84 +58,64 @@ class ModelSet:
     def dynamic(self) -> ModelFile | None:
         return next((f for f in self.files if f.kind == "dynamic"), None)
 
+    def path(self, model: ModelFile) -> Path:
+        """Where a model's file lies."""
+        return self.directory / model.file
 
-def directory_kind(directory: Path) -> str:
-    """'engines', 'onnx' or 'run' from what the directory holds; ValueError naming what to pass otherwise."""
-    if (directory / "model.json").is_file():
-        return "run"
-    path = directory / MANIFEST
-    if path.is_file():
-        try:
-            fmt = json.loads(path.read_text()).get("format")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-            raise ValueError(f"{path} is unreadable ({e}): rebuild the directory with `sppnet export`/`build`") from e
-        if fmt == ENGINE_FORMAT:
-            return "engines"
-        if fmt == ONNX_FORMAT:
-            return "onnx"
-    raise ValueError(
-        f"{directory} is not an engine directory (`sppnet build`), an ONNX export (`sppnet export`) or a training "
-        "run (RUN/model.json): pass one of those"
-    )
+    def by_name(self, name: str) -> ModelFile:
+        """The model whose file is `name` (a route's model)."""
+        return next(f for f in self.files if f.file == name)
 
 
 def load_model_set(directory: str | os.PathLike[str], precision: str = "fp32") -> ModelSet:
-    """The verified models of `directory` in `precision` (the run directory's reference is fp32 only)."""
+    """The verified models of `directory` in `precision`."""
     directory = Path(directory)
     kind = directory_kind(directory)
     if kind == "run":
-        return _run_set(directory)
+        return _run_set(directory, precision)
+    manifest: EngineManifest | ExportManifest
     if kind == "engines":
-        manifest = check_engine_dir(directory)
-        entries = manifest["files"]
-        files = [_file(directory, e, tuple(engine_profiles(e))) for e in entries]
+        manifest = read_engine_manifest(directory)
+        files = manifest.files
     else:
-        manifest = read_manifest(directory, ONNX_FORMAT)
-        entries = [e for e in manifest["files"] if e["spp_form"] != "plugin"]  # ONNX Runtime has no plugin
-        files = [_file(directory, e, tuple(profiles_for(manifest, e))) for e in entries]
+        manifest = read_export_manifest(directory)
+        files = tuple(f for f in manifest.files if f.spp_form != "plugin")  # ONNX Runtime has no plugin
     available = sorted({f.precision for f in files})
     chosen = tuple(f for f in files if f.precision == precision)
     if not chosen:
-        raise ValueError(
+        raise InvalidInput(
             f"{directory} has no {precision} models (it has {', '.join(available) or 'none'}): pass "
             f"--precision {available[0] if available else 'fp32'} or export/build {precision}"
         )
-    return ModelSet(directory, kind, manifest, chosen, precision)
+    return ModelSet(directory, kind, manifest, chosen, precision, manifest.sizes)
 
 
-def _file(directory: Path, entry: dict[str, Any], profiles: tuple[Profile, ...]) -> ModelFile:
-    scale = tuple(entry["scale"]) if entry.get("scale") else None
-    path = directory / entry["file"]
-    return ModelFile(entry["file"], path, entry["kind"], scale, entry["precision"], profiles, entry)
-
-
-def _run_set(directory: Path) -> ModelSet:
-    """A training run as a model set: one dynamic model (PyTorch) from the network's smallest input upward."""
-    from sppnet.core.networks import geometry, get_network, min_input_size
-    from sppnet.core.runs import read_model_info
-
-    info = read_model_info(directory)
-    config = info["model"]
-    spec = get_network(info["network"])
-    smallest, batch = min_input_size(spec), 32
-    if config["spp"]:
+def _run_set(directory: Path, precision: str) -> ModelSet:
+    """A run as a model set: one PyTorch model, dynamic from the network's smallest input (fixed for no-SPP)."""
+    if precision not in RUN_PRECISIONS:
+        raise InvalidInput(f"a run runs in {', '.join(RUN_PRECISIONS)}, not {precision}: pass one of those")
+    info = read_run_info(directory)
+    card, spec = info.card, info.card.network_spec()
+    smallest = min_input_size(spec)
+    batches = {"opt_batch": REFERENCE_BATCH, "max_batch": REFERENCE_BATCH}
+    if card.spp:
         scale, kind = None, "dynamic"
-        profile = fixed_profile(smallest, smallest, opt_batch=batch, max_batch=batch)
-        profile = Profile(profile.min, profile.opt, (batch, 3, REFERENCE_MAX_SIZE, REFERENCE_MAX_SIZE))
+        low = fixed_profile(smallest, smallest, **batches)
+        profile = Profile(low.min, low.opt, (REFERENCE_BATCH, 3, REFERENCE_MAX_SIZE, REFERENCE_MAX_SIZE))
     else:  # the no-SPP baseline takes its training size only
-        size = config.get("input_size") or spec.input_size
+        size = card.model.input_size or spec.input_size
         scale, kind = (size, size), "fixed"
-        profile = fixed_profile(size, size, opt_batch=batch, max_batch=batch)
-    manifest = {
-        "network": info["network"],
-        "classes": info["classes"],
-        "preprocess": info["preprocess"],
-        "input": {"name": "image"},
-        "output": {"name": "logits", "classes": config["num_classes"]},
-        "spp": {"levels": config["levels"], "rule": config["rule"], "enabled": config["spp"]},
-        "sizes": {"min": smallest, "max": REFERENCE_MAX_SIZE, "layers": geometry(spec)},
-        "weights": info["weights"],
-    }
-    entry = {"file": "model.safetensors", "kind": kind, "scale": scale, "precision": "fp32"}
-    model = ModelFile("torch", directory, kind, scale, "fp32", (profile,), entry)
-    return ModelSet(directory, "run", manifest, (model,), "fp32")
+        profile = fixed_profile(size, size, **batches)
+    weights = directory / (card.weights.file or "")
+    model = ModelFile(
+        file=weights.name,
+        sha256=card.weights.sha256,
+        bytes=weights.stat().st_size if weights.is_file() else 0,
+        kind=kind,  # type: ignore[arg-type]
+        scale=scale,
+        precision=precision,
+        spp_form="pytorch",
+        profiles=(profile,),
+    )
+    sizes = SizeRange(smallest, REFERENCE_MAX_SIZE, feature_stride(spec), tuple(tuple(g) for g in geometry(spec)))
+    return ModelSet(directory, "run", info, (model,), precision, sizes)  # type: ignore[arg-type]

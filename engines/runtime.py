@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from sppnet.core.errors import BadImage, InvalidInput, SppnetError, one_line
 from sppnet.core.images import DEFAULT_MAX_PIXELS, load_bgr
+from sppnet.core.manifest import EngineManifest
 from sppnet.engines.backends.base import Runner
 from sppnet.engines.dispatch import Executor, Item, StreamBatcher, run_batches
 from sppnet.engines.model_set import ModelSet, load_model_set
@@ -48,25 +50,31 @@ class Result:
 def make_runners(models: ModelSet, backend: str, **options: Any) -> dict[str, Runner]:
     """One runner per model file for `backend` ("auto": the directory's own: engines -> tensorrt, ...)."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        raise InvalidInput(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     chosen = NATIVE[models.kind] if backend == "auto" else backend
     if chosen != NATIVE[models.kind]:
-        raise ValueError(
+        raise InvalidInput(
             f"{models.directory} is {'an' if models.kind != 'run' else 'a'} {models.kind} directory, which the "
             f"{chosen} backend cannot run: pass --backend {NATIVE[models.kind]} or a directory for {chosen} "
-            "(engines: `sppnet build`; onnxruntime: `sppnet export`; torch: a training run)"
+            "(engines: `sppnet build`; onnxruntime: `sppnet export`; torch: a run)"
         )
+    card = models.card
     if chosen == "onnxruntime":
         from sppnet.engines.backends.onnxrt import OnnxRuntimeRunner
 
-        return {f.name: OnnxRuntimeRunner(f.path, **options) for f in models.files}
+        return {f.file: OnnxRuntimeRunner(models.path(f), **options) for f in models.files}
     if chosen == "torch":
         from sppnet.engines.backends.pyt import TorchRunner
 
-        return {f.name: TorchRunner(models.directory, **options) for f in models.files}
+        names = {"input_name": card.input_name, "output_name": card.output_name}
+        return {
+            f.file: TorchRunner(models.directory, precision=models.precision, **names, **options) for f in models.files
+        }
     from sppnet.engines.backends.trt import TensorRTRunner
 
-    return {f.name: TensorRTRunner(f.path, models.manifest, f.entry, **options) for f in models.files}
+    manifest = models.manifest
+    assert isinstance(manifest, EngineManifest)
+    return {f.file: TensorRTRunner(models.path(f), manifest, f, **options) for f in models.files}
 
 
 class Runtime:
@@ -90,16 +98,16 @@ class Runtime:
     ) -> None:
         self.models = load_model_set(directory, precision)
         self.policy = policy or Policy()
-        self.pre = self.models.preprocess
-        self.topk = max(1, min(topk, len(self.models.classes)))
+        self.pre = self.models.card.preprocess
+        self.topk = max(1, min(topk, len(self.models.card.classes)))
         self.max_pixels = max_pixels
         self.runners = make_runners(self.models, backend, **(runner_options or {}))
-        by_name = {f.name: f for f in self.models.files}
+        by_name = {f.file: f for f in self.models.files}
         self.executor = Executor(
             self.runners,
             lambda r: by_name[r.model].profiles[r.profile].max_batch,
-            self.models.input_name,
-            self.models.output_name,
+            self.models.card.input_name,
+            self.models.card.output_name,
         )
         try:
             for runner in self.runners.values():
@@ -116,7 +124,7 @@ class Runtime:
         arrays = isinstance(image, np.ndarray)
         pixels = _check_array(image) if arrays else load_bgr(image, max_pixels=self.max_pixels)
         view = prepare(pixels, self.policy, self.pre, self.models)
-        return Item(view, route(view.shape[0], view.shape[1], self.models))
+        return Item(view.pixels, route(view, self.models))
 
     def infer(self, images: Sequence[Image]) -> list[Result]:
         """Results for `images`, in order; an image that cannot be read or routed gets its own error."""
@@ -124,7 +132,7 @@ class Runtime:
         for image in images:
             try:
                 items.append(self.prepare(image))
-            except (ValueError, OSError) as e:
+            except SppnetError as e:  # this image's problem: it gets the error, the others go on
                 items.append(e)
         outcomes = run_batches(self.executor, items)
         triples = zip(images, items, outcomes, strict=True)
@@ -135,7 +143,7 @@ class Runtime:
         result: Future = Future()
         try:
             item = self.prepare(image)
-        except (ValueError, OSError) as e:
+        except SppnetError as e:
             result.set_result(self._result(index, image, e, e))
             return result
         if self._batcher is None:
@@ -153,7 +161,7 @@ class Runtime:
         source = "<array>" if isinstance(image, np.ndarray) else os.fspath(image)
         if isinstance(outcome, Exception):
             route_taken = item.route if isinstance(item, Item) else None
-            return Result(index, source, route_taken, error=_one_line(outcome))
+            return Result(index, source, route_taken, error=one_line(outcome))
         assert isinstance(item, Item) and isinstance(outcome, np.ndarray)
         return Result(index, source, item.route, self._topk(outcome), outcome)
 
@@ -161,7 +169,7 @@ class Runtime:
         z = logits.astype(np.float64) - logits.max()
         p = np.exp(z) / np.exp(z).sum()
         order = np.argsort(-p, kind="stable")[: self.topk]
-        return tuple((self.models.classes[i], float(p[i])) for i in order)
+        return tuple((self.models.card.classes[i], float(p[i])) for i in order)
 
     def close(self) -> None:
         """Finish streamed work and free every backend."""
@@ -181,13 +189,8 @@ class Runtime:
 def _check_array(image: np.ndarray) -> np.ndarray:
     """An in-memory image must be BGR uint8 (H, W, 3), as `load_bgr` returns."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
-        raise ValueError(
+        raise BadImage(
             f"an image array must be BGR uint8 of shape (H, W, 3); got {image.dtype} {image.shape}: "
             "decode files with sppnet.core.images.load_bgr"
         )
     return image
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

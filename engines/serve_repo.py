@@ -27,8 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from sppnet.core.atomic import sha256_file, write_atomic
-from sppnet.export.build import check_engine_dir, engine_profiles
-from sppnet.export.manifest import MANIFEST
+from sppnet.core.errors import InvalidInput
+from sppnet.core.manifest import (
+    MANIFEST,
+    EngineManifest,
+    SizeRange,
+    content_sha256,
+    read_engine_manifest,
+    sizes_from_json,
+    sizes_to_json,
+)
+from sppnet.core.profiles import Profile
+from sppnet.engines.routing import Served, route_size
 
 REPOSITORY_FORMAT = "sppnet-triton-repository"
 ROUTING = "routing.json"
@@ -48,7 +58,7 @@ RTX_NOTE = (
 )
 
 
-class RepositoryError(ValueError):
+class RepositoryError(InvalidInput):
     """The repository cannot be written as asked; one line naming the fix."""
 
 
@@ -76,18 +86,18 @@ class TritonModel:
         return f"{size}, batch 1..{self.max_batch}"
 
 
-def repository_models(manifest: dict[str, Any]) -> list[TritonModel]:
+def repository_models(manifest: EngineManifest) -> list[TritonModel]:
     """The models for an engine manifest in routing order: fixed sizes first, then the dynamic profiles in order."""
     models = []
-    for entry in sorted(manifest["files"], key=lambda e: e["kind"] != "fixed"):
-        stem = Path(entry["file"]).stem
-        for index, profile in enumerate(engine_profiles(entry)):
+    for entry in sorted(manifest.files, key=lambda e: e.kind != "fixed"):
+        stem = Path(entry.file).stem
+        for index, profile in enumerate(entry.profiles):
             models.append(
                 TritonModel(
-                    name=stem if entry["kind"] == "fixed" else f"{stem}_p{index}",
-                    engine_file=entry["file"],
-                    kind=entry["kind"],
-                    precision=entry["precision"],
+                    name=stem if entry.kind == "fixed" else f"{stem}_p{index}",
+                    engine_file=entry.file,
+                    kind=entry.kind,
+                    precision=entry.precision,
                     profile=index,
                     min_size=(profile.min[2], profile.min[3]),
                     max_size=(profile.max[2], profile.max[3]),
@@ -102,18 +112,38 @@ def repository_models(manifest: dict[str, Any]) -> list[TritonModel]:
     return models
 
 
-def route(models: list[TritonModel], height: int, width: int, precision: str) -> TritonModel:
-    """The model for an input of height x width in `precision`: an exact fixed size, else the first dynamic
-    profile that covers it (as sppnet's runtime routes); a RepositoryError naming the ranges otherwise."""
-    mine = [m for m in models if m.precision == precision]
-    if not mine:
-        have = sorted({m.precision for m in models})
-        raise RepositoryError(f"the repository has no {precision} models (it has {', '.join(have)}): pick one of those")
-    for model in mine:
-        if model.covers(height, width):
-            return model
-    ranges = "; ".join(f"{m.name}: {m.describe()}" for m in mine)
-    raise RepositoryError(f"no model takes a {height}x{width} input ({ranges}): resize it into a range")
+@dataclass(frozen=True)
+class Routes:
+    """A repository's routing table: its models and the pyramid, so a client routes as sppnet's runtime does."""
+
+    models: tuple[TritonModel, ...]
+    levels: tuple[int, ...]
+    rule: str
+    sizes: SizeRange
+
+    def route(self, height: int, width: int, precision: str) -> TritonModel:
+        """The model for an input of height x width in `precision`, by `sppnet.engines.routing.route_size`."""
+        mine = [m for m in self.models if m.precision == precision]
+        if not mine:
+            have = sorted({m.precision for m in self.models})
+            raise RepositoryError(f"the repository has no {precision} models (it has {', '.join(have)}): pick one")
+        dynamic = [m for m in mine if m.kind == "dynamic"]
+        profiles = tuple(_profile(m) for m in sorted(dynamic, key=lambda m: m.profile))
+        served = Served(
+            {m.min_size: m.engine_file for m in mine if m.kind == "fixed"},
+            dynamic[0].engine_file if dynamic else None,
+            profiles,
+            self.levels,
+            self.rule,
+            self.sizes,
+        )
+        chosen = route_size(height, width, served)
+        return next(m for m in mine if m.engine_file == chosen.model and m.profile == chosen.profile)
+
+
+def _profile(model: TritonModel) -> Profile:
+    (h0, w0), (h1, w1) = model.min_size, model.max_size
+    return Profile((1, 3, h0, w0), (model.opt_batch, 3, h1, w1), (model.max_batch, 3, h1, w1))
 
 
 def model_config_schema() -> Any:
@@ -165,16 +195,15 @@ def _quote(text: str) -> str:
 
 def model_config_text(
     model: TritonModel,
-    manifest: dict[str, Any],
+    manifest: EngineManifest,
     manifest_sha256: str,
     *,
     max_queue_delay_us: int,
     instance_count: int,
 ) -> str:
     """The config.pbtxt of one model."""
-    channels = int(manifest["input"].get("channels", 3))
+    card, builder = manifest.card, manifest.builder
     height, width = model.min_size if model.kind == "fixed" else (-1, -1)
-    builder = manifest["builder"]
     preferred = sorted({model.opt_batch, model.max_batch})
     notes = []
     if model.kind == "dynamic":
@@ -183,13 +212,13 @@ def model_config_text(
             "# Triton picks a plan's optimisation profile by input shape among those an instance lists; this",
             "# model lists one, so max_batch_size is that profile's. Other sizes: the other models (README.txt).",
         ]
-    if builder["module"] == "tensorrt_rtx":
+    if builder.module == "tensorrt_rtx":
         notes.append("# NOTE: built by TensorRT-RTX; Triton's tensorrt_plan backend cannot load it (README.txt).")
     parameters = {
         "sppnet_manifest_sha256": manifest_sha256,
-        "sppnet_content_sha256": manifest["content_sha256"],
+        "sppnet_content_sha256": content_sha256(manifest),
         "sppnet_engine_file": model.engine_file,
-        "sppnet_builder": f"{builder['module']} {builder['version']}",
+        "sppnet_builder": builder.describe(),
         "sppnet_profile": str(model.profile),
     }
     instance = f"    count: {instance_count}\n    kind: KIND_GPU\n"
@@ -203,17 +232,17 @@ def model_config_text(
         f"max_batch_size: {model.max_batch}",
         "input [",
         "  {",
-        f"    name: {_quote(manifest['input']['name'])}",
-        f"    data_type: {_triton_type(manifest['input'].get('dtype', 'float32'))}",
+        f"    name: {_quote(card.input_name)}",
+        f"    data_type: {_triton_type('float32')}",
         "    format: FORMAT_NCHW",
-        f"    dims: [{channels}, {height}, {width}]",
+        f"    dims: [3, {height}, {width}]",
         "  }",
         "]",
         "output [",
         "  {",
-        f"    name: {_quote(manifest['output']['name'])}",
-        f"    data_type: {_triton_type(manifest['output'].get('dtype', 'float32'))}",
-        f"    dims: [{int(manifest['output']['classes'])}]",
+        f"    name: {_quote(card.output_name)}",
+        f"    data_type: {_triton_type('float32')}",
+        f"    dims: [{card.num_classes}]",
         f"    label_filename: {_quote(LABELS)}",
         "  }",
         "]",
@@ -237,25 +266,25 @@ def _triton_type(dtype: str) -> str:
     return TRITON_TYPES[dtype]
 
 
-def readme_text(models: list[TritonModel], manifest: dict[str, Any], engine_dir: Path) -> str:
+def readme_text(models: list[TritonModel], manifest: EngineManifest, engine_dir: Path) -> str:
     """The repository's README: what it serves, how to run it, and which size goes to which model."""
-    builder, target = manifest["builder"], manifest["target"]
+    card, builder, target = manifest.card, manifest.builder, manifest.target
     lines = [
-        f"Triton model repository for sppnet {manifest['network']} ({manifest['output']['classes']} classes),",
+        f"Triton model repository for sppnet {card.network} ({card.num_classes} classes),",
         f"generated by sppnet.engines.serve_repo from {engine_dir.resolve()}.",
         "",
     ]
-    if builder["module"] == "tensorrt_rtx":
+    if builder.module == "tensorrt_rtx":
         lines += [f"NOTE: {RTX_NOTE}.", ""]
     targets = target.get("compute_capabilities") or [target.get("set_by", "the building GPU")]
     lines += [
-        f"Engines: {builder['module']} {builder['version']}; GPUs: {', '.join(map(str, targets))}"
+        f"Engines: {builder.describe()}; GPUs: {', '.join(map(str, targets))}"
         + (" and later" if target.get("and_later") else "")
         + ". A plan runs only under that exact TensorRT version.",
-        f"Input {manifest['input']['name']!r}: float32 (N, 3, H, W), the Caffe preprocessing of the training "
-        f"pipeline (BGR, mean {manifest['preprocess'].get('mean_bgr')} subtracted, times "
-        f"{manifest['preprocess'].get('scale', 1.0)}); output {manifest['output']['name']!r}: "
-        f"(N, {manifest['output']['classes']}) logits, class names in each model's {LABELS}.",
+        f"Input {card.input_name!r}: float32 (N, 3, H, W), the Caffe preprocessing of the training "
+        f"pipeline (BGR, mean {list(card.preprocess.mean_bgr)} subtracted, times "
+        f"{card.preprocess.scale}); output {card.output_name!r}: "
+        f"(N, {card.num_classes}) logits, class names in each model's {LABELS}.",
         "Serve: tritonserver --model-repository <this directory>",
         "",
         "Routing (what sppnet's runtime does; a client of this repository must do the same): pick a precision,",
@@ -307,9 +336,8 @@ def write_model_repository(
     if instance_count < 1:
         raise RepositoryError(f"instance count must be at least 1; got {instance_count}")
     engines, out = Path(engine_dir), Path(out_dir)
-    manifest = check_engine_dir(engines)
-    builder = manifest["builder"]
-    if builder["module"] == "tensorrt_rtx" and not allow_rtx:
+    manifest = read_engine_manifest(engines)
+    if manifest.builder.module == "tensorrt_rtx" and not allow_rtx:
         raise RepositoryError(
             f"{engines} holds TensorRT-RTX engines, which Triton's TensorRT backend cannot load: {REBUILD_FULL}, "
             "or pass --allow-rtx (allow_rtx=True) to write the layout anyway"
@@ -337,13 +365,13 @@ def _fill(
     staging: Path,
     engines: Path,
     models: list[TritonModel],
-    manifest: dict[str, Any],
+    manifest: EngineManifest,
     manifest_sha256: str,
     max_queue_delay_us: int,
     instance_count: int,
 ) -> None:
     """Write every model directory, the routing table and the README into `staging`."""
-    labels = ("\n".join(manifest["classes"]) + "\n").encode()
+    labels = ("\n".join(manifest.card.classes) + "\n").encode()
     placed = {}
     for model in models:
         directory = staging / model.name
@@ -357,11 +385,13 @@ def _fill(
         placed[model.name] = _place_plan(engines / model.engine_file, directory / "1" / PLAN)
     routing = {
         "format": REPOSITORY_FORMAT,
-        "version": 1,
+        "version": 2,
         "engine_dir": str(engines.resolve()),
         "engine_manifest_sha256": manifest_sha256,
-        "builder": manifest["builder"],
-        "triton_loadable": manifest["builder"]["module"] != "tensorrt_rtx",
+        "builder": {"module": manifest.builder.module, "version": manifest.builder.version},
+        "triton_loadable": manifest.builder.module != "tensorrt_rtx",
+        "pyramid": {"levels": list(manifest.card.levels), "rule": manifest.card.rule},
+        "sizes": sizes_to_json(manifest.sizes),
         "models": [asdict(m) | {"plan": placed[m.name]} for m in models],
     }
     write_atomic(staging / ROUTING, (json.dumps(routing, indent=1) + "\n").encode())
@@ -383,13 +413,17 @@ def _swap_in(staging: Path, out: Path, token: str) -> None:
     shutil.rmtree(old)
 
 
-def read_routes(repository: str | os.PathLike[str]) -> list[TritonModel]:
-    """The models of a repository this module wrote, in routing order (for `route`)."""
+def read_routes(repository: str | os.PathLike[str]) -> Routes:
+    """The routing table of a repository this module wrote (route with `Routes.route`)."""
     path = Path(repository) / ROUTING
     if not _is_repository(Path(repository)):
         raise RepositoryError(f"{path} is missing or not an sppnet Triton routing table: regenerate the repository")
-    records = json.loads(path.read_text())["models"]
+    record = json.loads(path.read_text())
     fields = set(TritonModel.__dataclass_fields__)
-    return [
-        TritonModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields}) for r in records
-    ]
+    models = tuple(
+        TritonModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields})
+        for r in record["models"]
+    )
+    pyramid = record["pyramid"]
+    sizes = sizes_from_json(record["sizes"], f"{path}: sizes", "regenerate the repository")
+    return Routes(models, tuple(pyramid["levels"]), pyramid["rule"], sizes)

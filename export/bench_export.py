@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sppnet.export.manifest import ONNX_FORMAT, read_manifest
+from sppnet.core.manifest import ModelFile, read_engine_manifest, read_export_manifest
 from sppnet.export.onnx_export import ExportConfig, export_onnx, source_untrained
 
 
@@ -49,26 +48,26 @@ def bench_export(
         base = Path(out_dir) / network
         onnx_dir, engine_dir = base / "onnx", base / "engines"
         export_onnx(source_untrained(network), onnx_dir, config or ExportConfig(), progress=log)
-        engines: dict[str, dict[str, Any]] = {}
+        engines: dict[str, ModelFile] = {}
         skipped: dict[str, str] = {}
         if build:
-            manifest = json.loads(build_engines(onnx_dir, engine_dir, progress=log).read_text())
-            engines = {f["onnx_file"]: f for f in manifest["files"]}
-            skipped = {s["onnx_file"]: s["reason"] for s in manifest.get("skipped", [])}
-        for f in read_manifest(onnx_dir, ONNX_FORMAT, verify=False)["files"]:
-            engine = engines.get(f["file"])
+            manifest = read_engine_manifest(build_engines(onnx_dir, engine_dir, progress=log).parent, verify=False)
+            engines = {f.source_file or "": f for f in manifest.files}
+            skipped = {s["source_file"]: s["reason"] for s in manifest.skipped}
+        for f in read_export_manifest(onnx_dir, verify=False).files:
+            engine = engines.get(f.file)
             rows.append(
                 ExportRow(
                     network,
-                    f["file"],
-                    f["kind"],
-                    f["precision"],
-                    f["spp_form"],
-                    f["bytes"] / 2**20,
-                    f["export_seconds"],
-                    engine["bytes"] / 2**20 if engine else None,
-                    engine["build_seconds"] if engine else None,
-                    "" if engine or not build else skipped.get(f["file"], "not built").split(", so")[0],
+                    f.file,
+                    f.kind,
+                    f.precision,
+                    f.spp_form,
+                    f.bytes / 2**20,
+                    f.seconds,
+                    engine.bytes / 2**20 if engine else None,
+                    engine.seconds if engine else None,
+                    "" if engine or not build else skipped.get(f.file, "not built").split(", so")[0],
                 )
             )
         if not keep:

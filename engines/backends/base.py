@@ -1,24 +1,29 @@
 """One interface for every backend (Polygraphy's runner pattern): activate, infer, deactivate.
 
-A runner wraps one model file (an engine, an ONNX file, or the PyTorch reference) and maps input names to arrays
-and back. The public methods check state and call the `_impl` methods, the only thing a backend overrides.
+A runner wraps one model file (an engine, an ONNX file, the PyTorch reference) and maps input names to arrays and
+back. The public methods check state and call the `_impl` methods, the only thing a backend overrides. Errors are
+`sppnet.core.errors.BackendError` (and its `OutOfMemory`, `DeviceUnavailable`), each naming the fix.
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from types import TracebackType
 
 import numpy as np
 
-
-class RunnerError(RuntimeError):
-    """A backend failed to load or run; the message names the component and the fix."""
+from sppnet.core.errors import BackendError
 
 
-class OutOfMemory(RunnerError):
-    """The device ran out of memory for this batch; the dispatcher retries with smaller batches."""
+@dataclass(frozen=True)
+class TensorMeta:
+    """One input or output of a model: its name, dtype and shape (None where the axis is dynamic)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
 
 
 class Runner(ABC):
@@ -26,7 +31,7 @@ class Runner(ABC):
 
     `infer` may be called from several threads: a lock serialises calls into the backend, whose contexts and
     buffers are not shared-safe. `profile` selects a dynamic engine's optimisation profile (ignored by backends
-    without profiles).
+    without profiles). `inputs()` and `outputs()` describe the model once it is active.
     """
 
     name = "runner"
@@ -44,11 +49,23 @@ class Runner(ABC):
         return self
 
     def infer(self, feed: dict[str, np.ndarray], profile: int = 0) -> dict[str, np.ndarray]:
-        """Run one batch; the runner must be active."""
-        if not self.is_active:
-            raise RunnerError(f"{self.name} is not active: call activate() or use it as a context manager")
+        """Run one batch; the runner must be active and the feed must hold exactly the model's inputs."""
+        self._check_active()
+        expected = [meta.name for meta in self.inputs()]
+        if sorted(feed) != sorted(expected):
+            raise BackendError(f"{self.name} takes inputs {expected}; got {sorted(feed)}: feed the model's input names")
         with self._lock:
             return self._infer_impl(feed, profile)
+
+    def inputs(self) -> list[TensorMeta]:
+        """The model's inputs; the runner must be active."""
+        self._check_active()
+        return self._inputs_impl()
+
+    def outputs(self) -> list[TensorMeta]:
+        """The model's outputs; the runner must be active."""
+        self._check_active()
+        return self._outputs_impl()
 
     def deactivate(self) -> None:
         """Free what `activate` allocated; idempotent."""
@@ -56,6 +73,10 @@ class Runner(ABC):
             if self.is_active:
                 self._deactivate_impl()
                 self.is_active = False
+
+    def _check_active(self) -> None:
+        if not self.is_active:
+            raise BackendError(f"{self.name} is not active: call activate() or use it as a context manager")
 
     def __enter__(self) -> Runner:
         return self.activate()
@@ -70,6 +91,12 @@ class Runner(ABC):
 
     @abstractmethod
     def _infer_impl(self, feed: dict[str, np.ndarray], profile: int) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def _inputs_impl(self) -> list[TensorMeta]: ...
+
+    @abstractmethod
+    def _outputs_impl(self) -> list[TensorMeta]: ...
 
     @abstractmethod
     def _deactivate_impl(self) -> None: ...

@@ -11,9 +11,9 @@ captured on first use: by this runner under full TensorRT; under TensorRT-RTX by
 TensorRT-RTX compiles kernels on the GPU at first use; its runtime cache keeps them in a file beside the engine
 (`<engine stem>.runtime_cache`, written atomically on deactivate) so later processes skip the compile.
 
-CUDA memory, streams and graphs go through cuda-python (`cuda.bindings.runtime`) when it is importable, so the hot
-path needs no torch; otherwise through torch.cuda. Every CUDA call is checked and names the failing call and its
-error; a CUDA out-of-memory error is an `OutOfMemory`.
+CUDA memory, streams and graphs go through `backends/cuda.py` (cuda-python when importable, so the hot path needs
+no torch; otherwise torch.cuda): every call checked, out of memory an `OutOfMemory`, no usable GPU a
+`DeviceUnavailable` (one line, the fix included).
 
 Verified here, without a GPU: the plain logic (compatibility, buffer sizes, profile selection, graph keys, cache
 paths, CUDA status checks), the refusals that happen before a GPU is touched (including TensorRT-RTX's own refusal
@@ -22,16 +22,16 @@ fake of CUDA (buffers, one context per profile, graph reuse, cleanup, the cache 
 unverified until one runs it
 (`python -m sppnet.engines.gpu_check`): engine deserialisation and JIT, context and profile binding, buffer
 transfers, graph capture and replay (manual and TensorRT-RTX's), the runtime cache round trip, the torch.cuda
-fallback, out-of-memory mapping, and whether TensorRT-RTX accepts a given GPU (Hopper, 9.0, is not in its list).
+fallback and out-of-memory mapping. TensorRT-RTX refuses Hopper (compute capability 9.0; tried on an H200), so
+those GPUs run the compiled PyTorch or ONNX Runtime CUDA engines instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,14 @@ from typing import Any
 import numpy as np
 
 from sppnet.core.atomic import sha256, write_atomic
-from sppnet.engines.backends.base import OutOfMemory, Runner, RunnerError
-from sppnet.export.manifest import ENGINE_FORMAT, FIX
-from sppnet.export.profiles import Profile
-from sppnet.export.trt_builder import Backend, BuildError, _logger, _recording, _summary, load_backend
+from sppnet.core.errors import BackendError, BuildError, InvalidInput, OutOfMemory
+from sppnet.core.manifest import ENGINE_FORMAT, FIX, EngineManifest, ModelFile
+from sppnet.core.profiles import Profile
+from sppnet.engines.backends.base import Runner, TensorMeta
+from sppnet.engines.backends.cuda import CudaPython, CudaTorch, load_cuda
+from sppnet.export.trt_module import Backend, load_backend, logger, recording, summary
 
 REBUILD = "rebuild with `sppnet build --onnx DIR --out ENGINE_DIR` on/for this machine"
-CUDA_APIS = ("cuda-python", "torch")
 RUNTIME_CACHE_SUFFIX = ".runtime_cache"
 _OOM_WORDS = ("outofmemory", "cudaerrormemoryallocation", "insufficient_gpu_memory")
 
@@ -54,43 +55,38 @@ _OOM_WORDS = ("outofmemory", "cudaerrormemoryallocation", "insufficient_gpu_memo
 
 
 def parse_capability(text: str) -> tuple[int, int]:
-    """Parse "8.6" as (8, 6); a ValueError for anything else."""
+    """Parse "8.6" as (8, 6); InvalidInput for anything else."""
     major, dot, minor = str(text).partition(".")
     if not (dot and major.isdigit() and minor.isdigit()):
-        raise ValueError(f"compute capability {text!r} is not of the form MAJOR.MINOR (e.g. 8.6)")
+        raise InvalidInput(f"compute capability {text!r} is not of the form MAJOR.MINOR (e.g. 8.6)")
     return int(major), int(minor)
 
 
 def check_engine_compatibility(
-    manifest: dict[str, Any], module_name: str, module_version: str, gpu_capability: str | None
+    manifest: EngineManifest, module_name: str, module_version: str, gpu_capability: str | None
 ) -> None:
     """Refuse engines built by another builder module or version, or for GPUs that exclude `gpu_capability`.
 
     `gpu_capability` None skips the GPU check (no GPU known). Full TensorRT records no targets (an engine is for
     the GPU model that built it, which TensorRT itself checks when it deserialises), so only versions are checked.
     """
-    builder = manifest.get("builder")
-    if not isinstance(builder, dict) or not {"module", "version"} <= builder.keys():
-        raise ValueError(f"the engine manifest does not say which builder made the engines: {REBUILD}")
-    built_by = f"{builder['module']} {builder['version']}"
-    here = f"{module_name} {module_version}"
-    if builder["module"] != module_name or str(builder["version"]) != str(module_version):
-        raise ValueError(f"the engines were built by {built_by} but this runtime has {here}: {REBUILD}")
+    built_by, here = manifest.builder.describe(), f"{module_name} {module_version}"
+    if manifest.builder.module != module_name or manifest.builder.version != str(module_version):
+        raise BackendError(f"the engines were built by {built_by} but this runtime has {here}: {REBUILD}")
     if gpu_capability is None:
         return
     have = parse_capability(gpu_capability)
-    target = manifest.get("target")
-    if not isinstance(target, dict) or "compute_capabilities" not in target:
-        raise ValueError(f"the engine manifest records no target GPUs: {REBUILD}")
-    listed = target["compute_capabilities"]
+    if "compute_capabilities" not in manifest.target:
+        raise BackendError(f"the engine manifest records no target GPUs: {REBUILD}")
+    listed = manifest.target["compute_capabilities"]
     if listed is None:
         return
     wanted = [parse_capability(c) for c in listed]
-    and_later = bool(target.get("and_later"))
+    and_later = bool(manifest.target.get("and_later"))
     if have in wanted or (and_later and wanted and have >= min(wanted)):
         return
     targets = ", ".join(listed) + (" and later" if and_later else "")
-    raise ValueError(
+    raise BackendError(
         f"the engines target compute capability {targets} but this GPU is {gpu_capability}: {REBUILD} "
         f"(TensorRT-RTX: add --compute-capability {gpu_capability})"
     )
@@ -109,7 +105,7 @@ class BufferPlan:
 def buffer_plan(profile: Profile, classes: int, *, input_itemsize: int = 4, output_itemsize: int = 4) -> BufferPlan:
     """Buffers for `profile`: the input at its max (N, C, H, W), the output at (max N, classes)."""
     if classes < 1:
-        raise ValueError(f"an engine needs at least one output class; got {classes}")
+        raise InvalidInput(f"an engine needs at least one output class; got {classes}")
     output_shape = (profile.max[0], classes)
     return BufferPlan(
         profile.max,
@@ -125,11 +121,11 @@ def fits(profile: Profile, shape: Sequence[int]) -> bool:
 
 
 def select_profile(profiles: Sequence[Profile], requested: int, shape: Sequence[int]) -> int:
-    """`requested` if that profile takes `shape`; otherwise a RunnerError naming a profile that does, or the fix."""
+    """`requested` if that profile takes `shape`; otherwise a BackendError naming a profile that does, or the fix."""
     if not 0 <= requested < len(profiles):
-        raise RunnerError(
+        raise BackendError(
             f"profile {requested} does not exist: this engine has profiles 0..{len(profiles) - 1}; route with "
-            "sppnet.export.profiles.profile_for"
+            "sppnet.core.profiles.profile_for"
         )
     if fits(profiles[requested], shape):
         return requested
@@ -144,7 +140,7 @@ def select_profile(profiles: Sequence[Profile], requested: int, shape: Sequence[
             if biggest
             else "resize the input into a profile's range, or re-export and rebuild with a wider range"
         )
-    raise RunnerError(
+    raise BackendError(
         f"an input of shape {shape} is outside profile {requested} ({profiles[requested].describe()}, "
         f"channels {profiles[requested].min[1]}): {hint}"
     )
@@ -171,26 +167,13 @@ def runtime_cache_path(engine_path: Path, option: bool | str | os.PathLike[str])
     return Path(option)
 
 
-def check_cuda(result: Any, call: str) -> Any:
-    """The value(s) of a cuda-python call `(error, *values)`; RunnerError (OutOfMemory) naming the call and error."""
-    error, *values = result if isinstance(result, tuple) else (result,)
-    if int(error) != 0:
-        name = getattr(error, "name", None) or f"CUDA error {int(error)}"
-        if name == "cudaErrorMemoryAllocation":
-            raise OutOfMemory(f"CUDA {call} failed with {name}: use smaller batches or free GPU memory")
-        raise RunnerError(f"CUDA {call} failed with {name}: check the GPU and its driver (nvidia-smi)")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def failure(what: str, messages: Sequence[str]) -> RunnerError:
-    """A RunnerError for a TensorRT call that failed, with what TensorRT logged; OutOfMemory if it says so."""
-    text = f"{what}: {_summary(messages)}"
+def failure(what: str, messages: Sequence[str]) -> BackendError:
+    """A BackendError for a TensorRT call that failed, with what TensorRT logged; OutOfMemory if it says so."""
+    text = f"{what}: {summary(messages)}"
     squeezed = text.lower().replace(" ", "")
     if any(word in squeezed for word in _OOM_WORDS):
         return OutOfMemory(f"{text} (use smaller batches or free GPU memory)")
-    return RunnerError(text)
+    return BackendError(text)
 
 
 def describe_validity(module: Any, validity: Any, diagnostics: int) -> str:
@@ -201,236 +184,22 @@ def describe_validity(module: Any, validity: Any, diagnostics: int) -> str:
 
 def deserialize_engine(backend: Backend, data: bytes, name: str) -> tuple[Any, Any, str]:
     """The runtime, the engine and the module's validity verdict (TensorRT-RTX only, else "not checked") for
-    serialised `data`; a RunnerError with TensorRT's own words if it refuses."""
+    serialised `data`; a BackendError with TensorRT's own words if it refuses."""
     trt = backend.trt
     verdict = "not checked"
-    with _recording(backend) as recording:
-        runtime = trt.Runtime(_logger(backend))
+    with recording(backend) as log:
+        runtime = trt.Runtime(logger(backend))
         if runtime is None:
-            raise failure(f"{backend.describe()} could not create a runtime for {name}", recording.errors())
+            raise failure(f"{backend.describe()} could not create a runtime for {name}", log.errors())
         if hasattr(runtime, "get_engine_validity"):
             validity, diagnostics = runtime.get_engine_validity(data)
             verdict = describe_validity(trt, validity, int(diagnostics))
             if validity == trt.EngineValidity.INVALID:
-                raise failure(f"{backend.describe()} refuses {name} on this machine [{verdict}]", recording.errors())
+                raise failure(f"{backend.describe()} refuses {name} on this machine [{verdict}]", log.errors())
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
-            raise failure(f"{backend.describe()} could not deserialise {name}", recording.errors())
+            raise failure(f"{backend.describe()} could not deserialise {name}", log.errors())
     return runtime, engine, verdict
-
-
-# ---------------------------------------------------------------- CUDA: two thin implementations
-
-
-class CudaPython:
-    """CUDA through cuda-python's runtime bindings: every call checked by name."""
-
-    name = "cuda-python"
-
-    def __init__(self, device: int) -> None:
-        from cuda.bindings import runtime
-
-        self.rt = runtime
-        self.device = device
-        self.make_current()
-
-    def make_current(self) -> None:
-        """Make the device current in the calling thread (a batcher's worker thread is not the activating one)."""
-        self.call("cudaSetDevice", self.device)
-
-    def call(self, function: str, *args: Any) -> Any:
-        return check_cuda(getattr(self.rt, function)(*args), function)
-
-    def capability(self) -> str:
-        attr = self.rt.cudaDeviceAttr
-        major = self.call("cudaDeviceGetAttribute", attr.cudaDevAttrComputeCapabilityMajor, self.device)
-        minor = self.call("cudaDeviceGetAttribute", attr.cudaDevAttrComputeCapabilityMinor, self.device)
-        return f"{major}.{minor}"
-
-    def device_name(self) -> str:
-        name = self.call("cudaGetDeviceProperties", self.device).name
-        return (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\x00")
-
-    def create_stream(self) -> int:
-        return int(self.call("cudaStreamCreateWithFlags", self.rt.cudaStreamNonBlocking))
-
-    def destroy_stream(self, stream: int) -> None:
-        self.call("cudaStreamDestroy", stream)
-
-    def synchronize(self, stream: int) -> None:
-        self.call("cudaStreamSynchronize", stream)
-
-    def alloc_device(self, nbytes: int) -> int:
-        return int(self.call("cudaMalloc", nbytes))
-
-    def free_device(self, ptr: int) -> None:
-        self.call("cudaFree", ptr)
-
-    def alloc_host(self, nbytes: int) -> tuple[int, np.ndarray]:
-        ptr = int(self.call("cudaMallocHost", nbytes))
-        return ptr, np.ctypeslib.as_array((ctypes.c_ubyte * nbytes).from_address(ptr))
-
-    def free_host(self, ptr: int) -> None:
-        self.call("cudaFreeHost", ptr)
-
-    def copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None:
-        self.call("cudaMemcpyAsync", dst, src, nbytes, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
-
-    def copy_to_host(self, dst: int, src: int, nbytes: int, stream: int) -> None:
-        self.call("cudaMemcpyAsync", dst, src, nbytes, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
-
-    def capture(self, stream: int, enqueue: Callable[[], None]) -> Any:
-        # Thread-local mode: other threads (other runners) may keep making CUDA calls while this one captures.
-        self.call("cudaStreamBeginCapture", stream, self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
-        try:
-            enqueue()
-        except BaseException:
-            # Ends the failed capture; its status is the invalidated capture's, a consequence of the error raised.
-            _, graph = self.rt.cudaStreamEndCapture(stream)
-            if graph is not None and int(graph):
-                self.call("cudaGraphDestroy", graph)
-            raise
-        graph = self.call("cudaStreamEndCapture", stream)
-        try:
-            return self.call("cudaGraphInstantiate", graph, 0)
-        finally:
-            self.call("cudaGraphDestroy", graph)
-
-    def launch(self, graph: Any, stream: int) -> None:
-        self.call("cudaGraphLaunch", graph, stream)
-
-    def destroy_graph(self, graph: Any) -> None:
-        self.call("cudaGraphExecDestroy", graph)
-
-
-class CudaTorch:
-    """CUDA through torch.cuda (when cuda-python is absent); buffers are torch tensors looked up by address.
-
-    Freed buffers return to torch's caching allocator and streams to its pool, as torch manages them.
-    """
-
-    name = "torch"
-
-    def __init__(self, device: int) -> None:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RunnerError(
-                f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False): run on a GPU "
-                "machine with a CUDA build of torch, or install cuda-python"
-            )
-        self.torch = torch
-        self.device = torch.device("cuda", device)
-        self._streams: dict[int, Any] = {}
-        self._tensors: dict[int, Any] = {}
-        self._graphs: dict[int, Any] = {}
-
-    def make_current(self) -> None:
-        self.call("set_device", self.torch.cuda.set_device, self.device)
-
-    def call(self, what: str, function: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return function(*args)
-        except RunnerError:
-            raise
-        except self.torch.cuda.OutOfMemoryError as e:
-            raise OutOfMemory(f"CUDA {what} ran out of memory (torch: {_first_line(e)}): use smaller batches") from e
-        except RuntimeError as e:
-            raise RunnerError(f"CUDA {what} failed (torch: {_first_line(e)}): check the GPU and its driver") from e
-
-    def capability(self) -> str:
-        major, minor = self.call("get_device_capability", self.torch.cuda.get_device_capability, self.device)
-        return f"{major}.{minor}"
-
-    def device_name(self) -> str:
-        return str(self.call("get_device_name", self.torch.cuda.get_device_name, self.device))
-
-    def create_stream(self) -> int:
-        stream = self.call("Stream", self.torch.cuda.Stream, self.device)
-        self._streams[stream.cuda_stream] = stream
-        return int(stream.cuda_stream)
-
-    def destroy_stream(self, stream: int) -> None:
-        self._streams.pop(stream)
-
-    def synchronize(self, stream: int) -> None:
-        self.call("stream synchronize", self._streams[stream].synchronize)
-
-    def _keep(self, tensor: Any) -> int:
-        self._tensors[tensor.data_ptr()] = tensor
-        return int(tensor.data_ptr())
-
-    def alloc_device(self, nbytes: int) -> int:
-        torch = self.torch
-        tensor = self.call(f"alloc {nbytes} bytes", lambda: torch.empty(nbytes, dtype=torch.uint8, device=self.device))
-        return self._keep(tensor)
-
-    def free_device(self, ptr: int) -> None:
-        self._tensors.pop(ptr)
-
-    def alloc_host(self, nbytes: int) -> tuple[int, np.ndarray]:
-        torch = self.torch
-        tensor = self.call(
-            f"pinned alloc {nbytes} bytes", lambda: torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-        )
-        return self._keep(tensor), tensor.numpy()
-
-    def free_host(self, ptr: int) -> None:
-        self._tensors.pop(ptr)
-
-    def _copy(self, what: str, dst: int, src: int, nbytes: int, stream: int) -> None:
-        with self.torch.cuda.stream(self._streams[stream]):
-            self.call(what, self._tensors[dst][:nbytes].copy_, self._tensors[src][:nbytes], True)
-
-    def copy_to_device(self, dst: int, src: int, nbytes: int, stream: int) -> None:
-        self._copy("host-to-device copy", dst, src, nbytes, stream)
-
-    def copy_to_host(self, dst: int, src: int, nbytes: int, stream: int) -> None:
-        self._copy("device-to-host copy", dst, src, nbytes, stream)
-
-    def capture(self, stream: int, enqueue: Callable[[], None]) -> int:
-        graph = self.torch.cuda.CUDAGraph()
-        capturing = self.torch.cuda.graph(graph, stream=self._streams[stream], capture_error_mode="thread_local")
-        self.call("graph capture", lambda: _run_in(capturing, enqueue))
-        self._graphs[id(graph)] = graph
-        return id(graph)
-
-    def launch(self, graph: int, stream: int) -> None:
-        with self.torch.cuda.stream(self._streams[stream]):
-            self.call("graph launch", self._graphs[graph].replay)
-
-    def destroy_graph(self, graph: int) -> None:
-        self.call("graph reset", self._graphs.pop(graph).reset)
-
-
-def _run_in(context: Any, function: Callable[[], None]) -> None:
-    with context:
-        function()
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def load_cuda(name: str | None, device: int) -> CudaPython | CudaTorch:
-    """The CUDA API `name` ("cuda-python" or "torch"), or None: cuda-python if importable, else torch."""
-    if name is not None and name not in CUDA_APIS:
-        raise RunnerError(f"unknown CUDA API {name!r}: choose one of {', '.join(CUDA_APIS)}")
-    if name in (None, "cuda-python"):
-        try:
-            import cuda.bindings.runtime  # noqa: F401
-        except ImportError as e:
-            if name is not None:
-                raise RunnerError(f"cuda-python is not importable ({e}): pip install cuda-python") from e
-        else:
-            return CudaPython(device)
-    try:
-        return CudaTorch(device)
-    except ImportError as e:
-        raise RunnerError(
-            "the TensorRT backend needs cuda-python or torch for CUDA memory and streams: pip install cuda-python"
-        ) from e
 
 
 # ---------------------------------------------------------------- the runner
@@ -452,10 +221,10 @@ class _Slot:
 
 
 class TensorRTRunner(Runner):
-    """Runs one engine of a checked engine directory (`check_engine_dir`'s manifest and the file's entry).
+    """Runs one engine of a checked engine directory (`read_engine_manifest`'s manifest and the file's entry).
 
     Args:
-        path: the engine file (`engine_dir / entry["file"]`).
+        path: the engine file (`engine_dir / entry.file`).
         manifest, entry: the engine manifest and this engine's entry in it.
         device: the CUDA device index.
         cuda_api: "cuda-python", "torch", or None (cuda-python if importable).
@@ -468,8 +237,8 @@ class TensorRTRunner(Runner):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        manifest: dict[str, Any],
-        entry: dict[str, Any],
+        manifest: EngineManifest,
+        entry: ModelFile,
         *,
         device: int = 0,
         cuda_api: str | None = None,
@@ -481,9 +250,9 @@ class TensorRTRunner(Runner):
         self.manifest, self.entry = manifest, entry
         self.device, self.cuda_api, self.cuda_graphs = device, cuda_api, cuda_graphs
         self.cache_path = runtime_cache_path(self.path, runtime_cache)
-        self.profiles = [Profile.from_json(p) for p in entry["profiles"]]
-        self.input_name = str(manifest["input"]["name"])
-        self.output_name = str(manifest["output"]["name"])
+        self.profiles = list(entry.profiles)
+        self.input_name = manifest.card.input_name
+        self.output_name = manifest.card.output_name
         self.info: dict[str, Any] = {}
         self._reset()
 
@@ -512,11 +281,10 @@ class TensorRTRunner(Runner):
     def _load(self) -> None:
         name = self.path.name
         data = self._read_engine()
-        builder = self.manifest.get("builder") or {}
         try:
-            backend = load_backend(builder.get("module"))
+            backend = load_backend(self.manifest.builder.module)
         except BuildError as e:
-            raise RunnerError(f"cannot run {name}: {e}") from e
+            raise BackendError(f"cannot run {name}: {e}") from e
         self._backend, trt = backend, backend.trt
         cuda = load_cuda(self.cuda_api, self.device)
         self._cuda = cuda
@@ -524,18 +292,18 @@ class TensorRTRunner(Runner):
         self.info.update(module=backend.name, version=backend.version, cuda_api=cuda.name, capability=capability)
         try:
             check_engine_compatibility(self.manifest, backend.name, backend.version, capability)
-        except ValueError as e:
-            raise RunnerError(f"{self.path}: {e}") from e
+        except BackendError as e:
+            raise BackendError(f"{self.path}: {e}") from e
 
         self._stream = cuda.create_stream()
         self._stack.callback(cuda.destroy_stream, self._stream)
         self._runtime, self._engine, self.info["validity"] = deserialize_engine(backend, data, name)
         self._stack.callback(self._drop_engine)
         self._check_engine_io(trt)
-        self._graph_mode = graph_mode(backend.name, self.entry["kind"], self.cuda_graphs)
+        self._graph_mode = graph_mode(backend.name, self.entry.kind, self.cuda_graphs)
         self.info["graphs"] = self._graph_mode
         cache = self._open_runtime_cache(trt) if backend.is_rtx else None
-        classes = int(self.manifest["output"]["classes"])
+        classes = self.manifest.card.num_classes
         self._stack.callback(self._slots.clear)
         for index, profile in enumerate(self.profiles):
             plan = buffer_plan(
@@ -550,9 +318,9 @@ class TensorRTRunner(Runner):
         try:
             data = self.path.read_bytes()
         except OSError as e:
-            raise RunnerError(f"cannot read the engine {self.path} ({e}): {FIX[ENGINE_FORMAT]}") from e
-        if sha256(data) != self.entry.get("sha256"):
-            raise RunnerError(f"{self.path} does not match its manifest (sha256 differs): {FIX[ENGINE_FORMAT]}")
+            raise BackendError(f"cannot read the engine {self.path} ({e}): {FIX[ENGINE_FORMAT]}") from e
+        if sha256(data) != self.entry.sha256:
+            raise BackendError(f"{self.path} does not match its manifest (sha256 differs): {FIX[ENGINE_FORMAT]}")
         return data
 
     def _drop_engine(self) -> None:
@@ -565,19 +333,19 @@ class TensorRTRunner(Runner):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if inputs != [self.input_name] or outputs != [self.output_name]:
-            raise RunnerError(
+            raise BackendError(
                 f"{name} has inputs {inputs} and outputs {outputs}, not [{self.input_name!r}] and "
                 f"[{self.output_name!r}] as its manifest says: {FIX[ENGINE_FORMAT]}"
             )
         if engine.num_optimization_profiles != len(self.profiles):
-            raise RunnerError(
+            raise BackendError(
                 f"{name} has {engine.num_optimization_profiles} optimisation profiles, its manifest "
                 f"{len(self.profiles)}: {FIX[ENGINE_FORMAT]}"
             )
         for index, profile in enumerate(self.profiles):
             built = tuple(tuple(dims) for dims in engine.get_tensor_profile_shape(self.input_name, index))
             if built != (profile.min, profile.opt, profile.max):
-                raise RunnerError(
+                raise BackendError(
                     f"{name} profile {index} is {built}, its manifest says {profile.describe()}: {FIX[ENGINE_FORMAT]}"
                 )
         self._dtypes = (
@@ -593,7 +361,7 @@ class TensorRTRunner(Runner):
         config = self._engine.create_runtime_config()
         cache = config.create_runtime_cache() if config is not None else None
         if cache is None:
-            raise RunnerError(f"{self._backend.describe()} could not create a runtime cache for {self.path.name}")
+            raise BackendError(f"{self._backend.describe()} could not create a runtime cache for {self.path.name}")
         status = "new"
         if self.cache_path.is_file():
             blob = self.cache_path.read_bytes()
@@ -608,27 +376,27 @@ class TensorRTRunner(Runner):
         try:
             write_atomic(self.cache_path, data)
         except OSError as e:
-            raise RunnerError(
+            raise BackendError(
                 f"cannot write the runtime cache {self.cache_path} ({e}): pass runtime_cache=False or a writable path"
             ) from e
 
     def _make_slot(self, backend: Backend, index: int, profile: Profile, plan: BufferPlan, cache: Any) -> _Slot:
         trt, cuda, name = backend.trt, self._cuda, self.path.name
         assert cuda is not None
-        with _recording(backend) as recording:
+        with recording(backend) as log:
             if backend.is_rtx:
                 config = self._engine.create_runtime_config()
                 if cache is not None and not config.set_runtime_cache(cache):
-                    raise failure(f"{backend.describe()} refused the runtime cache for {name}", recording.errors())
+                    raise failure(f"{backend.describe()} refused the runtime cache for {name}", log.errors())
                 if self._graph_mode == "tensorrt_rtx":
                     config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
                 context = self._engine.create_execution_context(config)
             else:
                 context = self._engine.create_execution_context()
             if context is None:
-                raise failure(f"{backend.describe()} could not create a context for {name}", recording.errors())
+                raise failure(f"{backend.describe()} could not create a context for {name}", log.errors())
             if not context.set_optimization_profile_async(index, self._stream):
-                raise failure(f"{name}: selecting optimisation profile {index} failed", recording.errors())
+                raise failure(f"{name}: selecting optimisation profile {index} failed", log.errors())
         buffers = []
         for nbytes in (plan.input_bytes, plan.output_bytes):
             ptr = cuda.alloc_device(nbytes)
@@ -641,24 +409,29 @@ class TensorRTRunner(Runner):
             hosts.append((ptr, array))
         for tensor, ptr in ((self.input_name, buffers[0]), (self.output_name, buffers[1])):
             if not context.set_tensor_address(tensor, ptr):
-                raise RunnerError(f"{name}: binding {tensor!r} of profile {index} failed: {FIX[ENGINE_FORMAT]}")
+                raise BackendError(f"{name}: binding {tensor!r} of profile {index} failed: {FIX[ENGINE_FORMAT]}")
         return _Slot(context, profile, plan, buffers[0], buffers[1], *hosts[0], *hosts[1])
 
+    def _inputs_impl(self) -> list[TensorMeta]:
+        fixed = self.entry.scale if self.entry.kind == "fixed" else (None, None)
+        return [TensorMeta(self.input_name, self._dtypes[0], (None, 3, *fixed))]
+
+    def _outputs_impl(self) -> list[TensorMeta]:
+        return [TensorMeta(self.output_name, self._dtypes[1], (None, self.manifest.card.num_classes))]
+
     def _input(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        if set(feed) != {self.input_name}:
-            raise RunnerError(f"{self.path.name} takes one input {self.input_name!r}; got {sorted(feed)}")
         x = feed[self.input_name]
         if x.dtype != self._dtypes[0] or x.ndim != 4:
-            raise RunnerError(
+            raise BackendError(
                 f"{self.path.name} takes {self._dtypes[0]} (N, C, H, W) input; got {x.dtype} of shape {x.shape}"
             )
         return np.ascontiguousarray(x)
 
     def _enqueue(self, slot: _Slot) -> None:
         assert self._backend is not None
-        with _recording(self._backend) as recording:
+        with recording(self._backend) as log:
             if not slot.context.execute_async_v3(self._stream):
-                raise failure(f"{self.path.name}: execute_async_v3 failed", recording.errors())
+                raise failure(f"{self.path.name}: execute_async_v3 failed", log.errors())
 
     def _infer_impl(self, feed: dict[str, np.ndarray], profile: int) -> dict[str, np.ndarray]:
         cuda, x = self._cuda, self._input(feed)
@@ -669,10 +442,10 @@ class TensorRTRunner(Runner):
         slot.host_in[: x.nbytes] = x.reshape(-1).view(np.uint8)
         cuda.copy_to_device(slot.device_in, slot.host_in_ptr, x.nbytes, self._stream)
         if not slot.context.set_input_shape(self.input_name, x.shape):
-            raise RunnerError(f"{self.path.name}: profile {index} refused input shape {x.shape}")
+            raise BackendError(f"{self.path.name}: profile {index} refused input shape {x.shape}")
         out_shape = tuple(slot.context.get_tensor_shape(self.output_name))
         if out_shape != (x.shape[0], slot.plan.output_shape[1]):
-            raise RunnerError(
+            raise BackendError(
                 f"{self.path.name} gives output {out_shape}, not ({x.shape[0]}, classes): {FIX[ENGINE_FORMAT]}"
             )
         key = graph_key(self._graph_mode, index, x.shape)

@@ -17,7 +17,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from sppnet.core.atomic import read_json, sha256, write_atomic
-from sppnet.core.runs import load_model, load_preprocess, read_model_info
+from sppnet.core.manifest import read_run_info
+from sppnet.core.runs import load_model, load_preprocess
 from sppnet.reproduce.detection.bbox_regression import BBoxRegressionConfig, BBoxRegressor
 from sppnet.reproduce.detection.pipeline import DetectConfig, Detector
 from sppnet.reproduce.detection.proposals import ProposalSettings
@@ -69,7 +70,7 @@ def save_detectors(
         "format": FORMAT,
         "version": 1,
         "run_dir": str(Path(run_dir).resolve()),
-        "backbone_sha256": read_model_info(run_dir)["weights"]["sha256"],
+        "backbone_sha256": read_run_info(run_dir).card.weights.sha256,
         "mode": mode,
         "classes": classes,
         "config": asdict(config),
@@ -97,7 +98,7 @@ def load_detectors(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, An
     info = read_json(out / INFO, "detector description", FIX)
     if info.get("format") != FORMAT:
         raise ValueError(f"{out / INFO} is not an sppnet detector description: {FIX}")
-    if read_model_info(info["run_dir"])["weights"]["sha256"] != info["backbone_sha256"]:
+    if read_run_info(info["run_dir"]).card.weights.sha256 != info["backbone_sha256"]:
         raise ValueError(f"the backbone run {info['run_dir']} changed since the detector was trained: {FIX}")
     model, pre = load_model(info["run_dir"]), load_preprocess(info["run_dir"])
     num_classes = len(info["classes"])
