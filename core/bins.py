@@ -1,11 +1,14 @@
 """Bin boundaries of one spatial-pyramid level along one axis: the single source of truth for SPP.
 
 Every other piece (the PyTorch layer, window pooling, ONNX graphs, the plugin kernel) derives its bins from
-`spp_bins`. The three rules are PAPER.md section 2.
+`spp_bins`. The three rules are PAPER.md section 2. A fourth family, "pools@...", is a pyramid a Caffe file writes
+as Pooling layers (the SPP-net release's head): their exact windows at the map lengths the file was made for,
+adaptive bins at every other length (`pools_rule`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,9 +24,63 @@ Bin = tuple[int, int]
 
 
 def check_rule(rule: str) -> None:
-    """Raise a ValueError naming the valid rules when `rule` is not one of them."""
-    if rule not in RULES:
+    """Raise a ValueError naming the valid rules when `rule` is not one of them (or a valid "pools@" rule)."""
+    if isinstance(rule, str) and rule.startswith(POOLS_PREFIX):
+        parse_pools_rule(rule)
+    elif rule not in RULES:
         raise InvalidInput(f"unknown SPP rule {rule!r}: choose one of {', '.join(RULES)}")
+
+
+POOLS_PREFIX = "pools@"
+_POOL = r"(\d+)=k(\d+)s(\d+)(?:p(\d+))?"
+_POOLS_RULE = re.compile(rf"^pools@(\d+(?:,\d+)*):({_POOL}(?:,{_POOL})*)$")
+
+
+@dataclass(frozen=True)
+class FilePools:
+    """A parsed "pools@" rule: at an axis length in `lengths`, level n is the Caffe max pool `pools[n]`
+    (kernel, stride, pad) exactly as the file wrote it; at any other length it takes the adaptive bins."""
+
+    lengths: tuple[int, ...]
+    pools: tuple[tuple[int, int, int, int], ...]  # (n, kernel, stride, pad), in the rule's order
+
+    def pool(self, n: int) -> tuple[int, int, int] | None:
+        return next(((k, s, p) for m, k, s, p in self.pools if m == n), None)
+
+
+def pools_rule(lengths: Sequence[int], pools: Sequence[tuple[int, int, int, int]]) -> str:
+    """The rule string of a file's pyramid: `lengths` the map lengths it was made for, `pools` its
+    (n, kernel, stride, pad) per level; e.g. the release's "pools@13:1=k13s13,2=k7s7,3=k5s4,6=k3s2". Validated."""
+    body = ",".join(f"{n}=k{k}s{s}" + (f"p{p}" if p else "") for n, k, s, p in pools)
+    rule = f"{POOLS_PREFIX}{','.join(str(a) for a in sorted(set(lengths)))}:{body}"
+    parse_pools_rule(rule)
+    return rule
+
+
+@lru_cache(maxsize=256)
+def parse_pools_rule(rule: str) -> FilePools:
+    """The lengths and pools of a "pools@" rule; InvalidInput naming what is wrong with it."""
+    match = _POOLS_RULE.match(rule)
+    if match is None:
+        raise InvalidInput(
+            f"malformed SPP rule {rule!r}: write pools@A[,A...]:n=kKsS[pP],... (e.g. pools@13:2=k7s7,1=k13s13)"
+        )
+    lengths = tuple(int(a) for a in match.group(1).split(","))
+    pools = []
+    for item in match.group(2).split(","):
+        n, k, s, p = (int(v) if v else 0 for v in re.fullmatch(_POOL, item).groups())  # type: ignore[union-attr]
+        pools.append((n, k, s, p))
+    levels = [n for n, *_ in pools]
+    if len(set(levels)) != len(levels) or min(levels) < 1:
+        raise InvalidInput(f"SPP rule {rule!r}: each level needs one pool and levels must be >= 1")
+    for n, k, s, p in pools:
+        for a in lengths:
+            if not (p < k and 1 <= s <= k and a >= 1 and caffe_pool_size(a, k, s, p) == n and a + 2 * p >= k):
+                raise InvalidInput(
+                    f"SPP rule {rule!r}: the pool k{k} s{s} p{p} does not give {n} windows on a map of {a} "
+                    "(or pads past its kernel): fix the rule or the file's pooling"
+                )
+    return FilePools(lengths, tuple(pools))
 
 
 def spp_bins(a: int, n: int, rule: str = "adaptive") -> list[Bin]:
@@ -45,7 +102,19 @@ def _bins(a: int, n: int, rule: str) -> tuple[Bin, ...]:
         return tuple(((i * a) // n, -((-(i + 1) * a) // n)) for i in range(n))
     if rule == "window":
         return _window_bins(a, n, where)
+    if rule.startswith(POOLS_PREFIX):
+        return _file_bins(a, n, parse_pools_rule(rule), where)
     return _caffe_bins(a, n, where)
+
+
+def _file_bins(a: int, n: int, file: FilePools, where: str) -> tuple[Bin, ...]:
+    if a not in file.lengths:
+        return _bins(a, n, "adaptive")
+    pool = file.pool(n)
+    if pool is None:
+        raise InvalidInput(f"{where}: the file's pyramid has no pool for level {n}; use its levels")
+    kernel, stride, pad = pool
+    return tuple((max(i * stride - pad, 0), min(i * stride - pad + kernel, a)) for i in range(n))
 
 
 def _window_bins(a: int, n: int, where: str) -> tuple[Bin, ...]:

@@ -28,13 +28,15 @@ Geometry = list[tuple[str, int, int, int]]  # ("conv" | "pool", kernel, stride, 
 def feature_map_size(geometry: Geometry, height: int, width: int) -> tuple[int, int] | None:
     """conv5's (H, W) for an input of height x width through `geometry`, or None where a layer's output empties.
 
-    Plain arithmetic, no torch: the runtime reads the geometry from a manifest. Caffe pooling needs a map of at
-    least `kernel` cells, a convolution `kernel - 2 pad`.
+    Plain arithmetic, no torch: the runtime reads the geometry from a manifest. A layer needs a map of at least
+    `kernel - 2 pad` cells (and one); a pool of kernel 0 is a global pooling (any map to 1x1).
     """
     h, w = height, width
     for kind, kernel, stride, pad in geometry:
-        smallest = kernel - 2 * pad if kind == "conv" else kernel
-        if min(h, w) < max(smallest, 1):
+        if kind == "pool" and kernel == 0:
+            h, w = 1, 1
+            continue
+        if min(h, w) < max(kernel - 2 * pad, 1):
             return None
         size = conv_size if kind == "conv" else caffe_pool_size
         h, w = size(h, kernel, stride, pad), size(w, kernel, stride, pad)

@@ -1,10 +1,13 @@
-"""Caffe layers whose semantics PyTorch's built-ins do not share: within-channel LRN, ceil-mode max pooling."""
+"""Caffe layers whose semantics PyTorch's built-ins do not share: within-channel LRN, ceil-mode pooling with
+Caffe's padding and AVE divisor, and the SPP-net release's test-time-scaled dropout."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sppnet.core.caffe_shapes import caffe_pool_size
 from sppnet.core.errors import InvalidInput
 
 
@@ -32,8 +35,8 @@ class WithinChannelLRN(nn.Module):
 class AcrossChannelLRN(nn.LocalResponseNorm):
     """Caffe LRN with norm_region ACROSS_CHANNELS (Krizhevsky's), k = 1: identical to torch's."""
 
-    def __init__(self, local_size: int = 5, alpha: float = 1e-4, beta: float = 0.75) -> None:
-        super().__init__(local_size, alpha=alpha, beta=beta, k=1.0)
+    def __init__(self, local_size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        super().__init__(local_size, alpha=alpha, beta=beta, k=k)
 
 
 class CaffeMaxPool2d(nn.MaxPool2d):
@@ -50,3 +53,73 @@ class CaffeMaxPool2d(nn.MaxPool2d):
                 "reproducible with torch's ceil mode"
             )
         super().__init__(kernel_size, stride, ceil_mode=True)
+
+
+def caffe_pool_windows(a: int, kernel: int, stride: int, pad: int) -> list[tuple[int, int]]:
+    """Caffe's pooling windows along one axis as (start, end) before clipping to the map: start = i*stride - pad,
+    end = min(start + kernel, a + pad) (pooling_layer.cpp; the AVE divisor is end - start)."""
+    count = caffe_pool_size(a, kernel, stride, pad)
+    return [(i * stride - pad, min(i * stride - pad + kernel, a + pad)) for i in range(count)]
+
+
+class CaffePool2d(nn.Module):
+    """Caffe's Pooling layer, MAX or AVE, with padding, CEIL rounding, its last-window clip and global pooling.
+
+    The map is padded by `pad` before and by whatever Caffe's last window needs after (-inf for MAX, zeros for
+    AVE), then pooled with floor rounding, which gives exactly Caffe's windows. AVE divides each window's sum by
+    Caffe's count: the window clipped to [-pad, a + pad), so padding counts and the CEIL overhang does not.
+    """
+
+    def __init__(
+        self, kernel_size: int, stride: int, pad: int = 0, method: str = "max", global_pooling: bool = False
+    ) -> None:
+        super().__init__()
+        if method not in ("max", "ave"):
+            raise InvalidInput(f"CaffePool2d: method must be 'max' or 'ave'; got {method!r}")
+        if not global_pooling and not (0 <= pad < kernel_size and 1 <= stride <= kernel_size):
+            raise InvalidInput(
+                f"CaffePool2d(kernel {kernel_size}, stride {stride}, pad {pad}): Caffe needs pad < kernel, and "
+                "stride > kernel is not reproduced"
+            )
+        self.kernel_size, self.stride, self.pad = kernel_size, stride, pad
+        self.method, self.global_pooling = method, global_pooling
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.global_pooling:
+            return x.amax((2, 3), keepdim=True) if self.method == "max" else x.mean((2, 3), keepdim=True)
+        k, s, p = self.kernel_size, self.stride, self.pad
+        height, width = x.shape[-2:]
+        rows, cols = caffe_pool_windows(height, k, s, p), caffe_pool_windows(width, k, s, p)
+        after_h, after_w = (len(rows) - 1) * s + k - height - p, (len(cols) - 1) * s + k - width - p
+        if self.method == "max":
+            if p or after_h or after_w:
+                x = F.pad(x, (p, after_w, p, after_h), value=float("-inf"))
+            return F.max_pool2d(x, k, s)
+        sums = F.avg_pool2d(F.pad(x, (p, after_w, p, after_h)), k, s, divisor_override=1)
+        row_count = torch.tensor([end - start for start, end in rows], dtype=x.dtype, device=x.device)
+        col_count = torch.tensor([end - start for start, end in cols], dtype=x.dtype, device=x.device)
+        return sums / (row_count[:, None] * col_count[None, :])
+
+    def extra_repr(self) -> str:
+        if self.global_pooling:
+            return f"{self.method}, global"
+        return f"{self.method}, kernel_size={self.kernel_size}, stride={self.stride}, pad={self.pad}"
+
+
+class CaffeDropout(nn.Module):
+    """Dropout as the SPP-net release's Caffe fork runs it: training keeps x * mask (no rescaling), testing
+    multiplies by 1 - ratio. BVLC Caffe and torch's nn.Dropout rescale while training instead."""
+
+    def __init__(self, ratio: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= ratio < 1.0:
+            raise InvalidInput(f"dropout ratio must be in [0, 1); got {ratio}")
+        self.ratio = ratio
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return x * torch.bernoulli(torch.full_like(x, 1.0 - self.ratio))
+        return x * (1.0 - self.ratio)
+
+    def extra_repr(self) -> str:
+        return f"ratio={self.ratio}, scaled at test"

@@ -13,26 +13,115 @@ from torch import Tensor, nn
 
 from sppnet.core.bins import DEFAULT_LEVELS, check_levels, check_rule
 from sppnet.core.errors import InvalidInput
-from sppnet.core.layers import AcrossChannelLRN, CaffeMaxPool2d, WithinChannelLRN
-from sppnet.core.networks import Conv, LayerSpec, ModelConfig, NetworkSpec, Pool, feature_sizes, get_network
+from sppnet.core.layers import AcrossChannelLRN, CaffeDropout, CaffeMaxPool2d, CaffePool2d, WithinChannelLRN
+from sppnet.core.networks import (
+    LRN,
+    Conv,
+    Dropout,
+    HeadSpec,
+    InnerProduct,
+    LayerSpec,
+    ModelConfig,
+    NetworkSpec,
+    Pool,
+    ReLU,
+    feature_sizes,
+    get_network,
+)
 from sppnet.core.spp import SpatialPyramidPooling
+
+
+def module_name(name: str) -> str:
+    """A Caffe layer name as a torch module name (torch forbids '.' there)."""
+    return name.replace(".", "_")
+
+
+def relu_module(negative_slope: float) -> nn.Module:
+    """Caffe's ReLU: max(x, 0) + negative_slope * min(x, 0)."""
+    return nn.ReLU(inplace=True) if negative_slope == 0 else nn.LeakyReLU(negative_slope, inplace=True)
+
+
+def pool_module(pool: Pool) -> nn.Module:
+    """The Caffe pooling of a table entry: torch's own ceil-mode max pool where it is Caffe's, else CaffePool2d."""
+    if pool.simple:
+        return CaffeMaxPool2d(pool.kernel, pool.stride)
+    return CaffePool2d(pool.kernel, pool.stride, pool.pad, pool.method, pool.global_pooling)
 
 
 def make_features(layers: Sequence[LayerSpec], in_channels: int = 3) -> nn.Sequential:
     """The conv trunk of a layer table, with Caffe's layer names (conv1, relu1, norm1, pool1, ...)."""
     modules: OrderedDict[str, nn.Module] = OrderedDict()
     stage, channels = 0, in_channels
+
+    def add(name: str, module: nn.Module) -> None:
+        key = module_name(name)
+        if key in modules:
+            raise InvalidInput(f"two layers of the network are named {name!r}: give each layer its own name")
+        modules[key] = module
+
     for layer in layers:
         if isinstance(layer, Conv):
             stage += 1
-            modules[layer.name] = nn.Conv2d(channels, layer.channels, layer.kernel, layer.stride, layer.pad)
-            modules[f"relu{stage}"] = nn.ReLU(inplace=True)
+            if channels % layer.group or layer.channels % layer.group:
+                raise InvalidInput(
+                    f"{layer.name}: group {layer.group} must divide its {channels} input and {layer.channels} "
+                    "output channels"
+                )
+            conv = nn.Conv2d(
+                channels, layer.channels, layer.kernel, layer.stride, layer.pad, groups=layer.group,
+                bias=layer.bias_term,
+            )
+            add(layer.name, conv)
+            if layer.relu is not None:
+                add(f"relu{stage}", relu_module(layer.relu))
             channels = layer.channels
         elif isinstance(layer, Pool):
-            modules[f"pool{stage}"] = CaffeMaxPool2d(layer.kernel, layer.stride)
+            add(layer.name or f"pool{stage}", pool_module(layer))
+        elif isinstance(layer, LRN):
+            if layer.region == "within":
+                add(layer.name or f"norm{stage}", WithinChannelLRN(layer.size, layer.alpha, layer.beta))
+            else:
+                add(layer.name or f"norm{stage}", AcrossChannelLRN(layer.size, layer.alpha, layer.beta, layer.k))
         else:
-            lrn = WithinChannelLRN if layer.region == "within" else AcrossChannelLRN
-            modules[f"norm{stage}"] = lrn(layer.size, layer.alpha, layer.beta)
+            add(layer.name, relu_module(layer.negative_slope))
+    return nn.Sequential(modules)
+
+
+def paper_head(fc_width: int, num_classes: int, dropout: float) -> tuple[HeadSpec, ...]:
+    """The paper's fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> fc8 as head entries (Caffe's biases)."""
+    return (
+        InnerProduct("fc6", fc_width, bias=1.0),
+        ReLU("relu6"),
+        Dropout("drop6", dropout),
+        InnerProduct("fc7", fc_width, bias=1.0),
+        ReLU("relu7"),
+        Dropout("drop7", dropout),
+        InnerProduct("fc8", num_classes, bias=0.0),
+    )
+
+
+def head_of(spec: NetworkSpec, config: ModelConfig) -> tuple[HeadSpec, ...]:
+    """The head a model of `spec` and `config` has: the spec's own (imported) or the paper's."""
+    if spec.head is None:
+        return paper_head(spec.fc_width, config.num_classes, config.dropout)
+    return spec.head
+
+
+def make_classifier(head: Sequence[HeadSpec], in_features: int, dropout_scaling: str) -> nn.Sequential:
+    """The head after the pyramid: Linear layers named as the table names them, their ReLUs and dropouts."""
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    features = in_features
+    for layer in head:
+        key = module_name(layer.name)
+        if key in modules:
+            raise InvalidInput(f"two layers of the head are named {layer.name!r}: give each layer its own name")
+        if isinstance(layer, InnerProduct):
+            modules[key] = nn.Linear(features, layer.outputs, bias=layer.bias_term)
+            features = layer.outputs
+        elif isinstance(layer, ReLU):
+            modules[key] = relu_module(layer.negative_slope)
+        else:
+            modules[key] = nn.Dropout(layer.ratio) if dropout_scaling == "train" else CaffeDropout(layer.ratio)
     return nn.Sequential(modules)
 
 
@@ -41,7 +130,7 @@ class BaselinePool(nn.Module):
 
     def __init__(self, pool: Pool, grid: int) -> None:
         super().__init__()
-        self.pool = CaffeMaxPool2d(pool.kernel, pool.stride)
+        self.pool = pool_module(pool)
         self.grid = grid
 
     def output_dim(self, channels: int) -> int:
@@ -73,18 +162,15 @@ class SPPNet(nn.Module):
             _, h, _ = feature_sizes(spec, size, size)[-1]
             grid = spec.baseline_pool.out_size(h)
             self.pool = BaselinePool(spec.baseline_pool, grid)
-        fc = spec.fc_width
-        self.classifier = nn.Sequential(
-            OrderedDict(
-                fc6=nn.Linear(self.pool.output_dim(channels), fc),
-                relu6=nn.ReLU(inplace=True),
-                drop6=nn.Dropout(config.dropout),
-                fc7=nn.Linear(fc, fc),
-                relu7=nn.ReLU(inplace=True),
-                drop7=nn.Dropout(config.dropout),
-                fc8=nn.Linear(fc, config.num_classes),
+        head = head_of(spec, config)
+        fcs = [layer for layer in head if isinstance(layer, InnerProduct)]
+        outputs = fcs[-1].outputs if fcs else self.pool.output_dim(channels)
+        if outputs != config.num_classes:
+            raise InvalidInput(
+                f"{spec.name}'s head gives {outputs} outputs but the model config says {config.num_classes} "
+                "classes: make them agree"
             )
-        )
+        self.classifier = make_classifier(head, self.pool.output_dim(channels), config.dropout_scaling)
         caffe_init(self, spec, config.init_std)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -100,18 +186,20 @@ class SPPNet(nn.Module):
 
     def head_features(self, pooled: Tensor, layers: Sequence[str] = ("fc7",)) -> dict[str, Tensor]:
         """The named fc layers' outputs after their ReLU (detection's fc6/fc7 features), stopping at the last asked."""
-        unknown = sorted(set(layers) - {"fc6", "fc7"})
+        fcs = [name for name, m in self.classifier.named_children() if isinstance(m, nn.Linear)][:-1]
+        unknown = sorted(set(layers) - set(fcs))
         if unknown:
-            raise InvalidInput(f"head_features: layers must be 'fc6' and/or 'fc7'; got {unknown}")
-        wanted = {f"relu{layer[2:]}": layer for layer in layers}
-        out: dict[str, Tensor] = {}
-        x = pooled
+            raise InvalidInput(f"head_features: layers must be among {fcs} (the head before the logits); got {unknown}")
+        wanted, out = set(layers), {}
+        x, current = pooled, None  # the fc layer whose output (then its ReLU's) is being followed
         for name, module in self.classifier.named_children():
-            if len(out) == len(wanted):
-                break
+            if isinstance(module, nn.Linear):
+                if wanted <= out.keys():
+                    break
+                current = name
             x = module(x)
-            if name in wanted:
-                out[wanted[name]] = x
+            if current in wanted and not isinstance(module, (nn.Dropout, CaffeDropout)):
+                out[current] = x
         return out
 
     @property
@@ -120,13 +208,26 @@ class SPPNet(nn.Module):
         return self.pool.output_dim(self.spec.conv5_channels)
 
     def reset_classifier(self, num_classes: int, std: float = 0.01) -> None:
-        """A new fc8 with `num_classes` outputs (Gaussian(0, std) weights, zero bias), as fine-tuning needs."""
+        """A new last fc layer with `num_classes` outputs (Gaussian(0, std) weights, zero bias), as fine-tuning
+        needs."""
         if num_classes < 1:
             raise InvalidInput(f"reset_classifier: num_classes must be >= 1; got {num_classes}")
-        fc8 = nn.Linear(self.classifier.fc7.out_features, num_classes).to(self.classifier.fc7.weight.device)
-        nn.init.normal_(fc8.weight, 0.0, std)
-        nn.init.zeros_(fc8.bias)
-        self.classifier.fc8 = fc8
+        linears = [(name, m) for name, m in self.classifier.named_children() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise InvalidInput(f"{self.spec.name} has no fc layer to replace: its logits are the pyramid itself")
+        name, last = linears[-1]
+        fc = nn.Linear(last.in_features, num_classes).to(last.weight.device)
+        nn.init.normal_(fc.weight, 0.0, std)
+        nn.init.zeros_(fc.bias)
+        setattr(self.classifier, name, fc)
+        if self.spec.head is not None:
+            head = tuple(
+                replace(layer, outputs=num_classes, bias_term=True)
+                if isinstance(layer, InnerProduct) and module_name(layer.name) == name
+                else layer
+                for layer in self.spec.head
+            )
+            self.spec = replace(self.spec, head=head)
         self.config = replace(self.config, num_classes=num_classes)
 
     def pool_windows(self, maps: Tensor, boxes: Tensor, image_index: Tensor | None = None) -> Tensor:
@@ -140,19 +241,23 @@ class SPPNet(nn.Module):
 
 
 def caffe_init(model: SPPNet, spec: NetworkSpec, std: float = 0.01) -> None:
-    """Caffe's fillers. "gaussian" (the paper): Gaussian(0, std) weights, biases from the layer table, 1 for
-    fc6/fc7, 0 for fc8. "msra" (CPU presets): Gaussian(0, sqrt(2 / fan_in)) weights, fc8 Gaussian(0, std),
-    biases 0.
+    """Caffe's fillers. "gaussian" (the paper): Gaussian(0, std) weights, biases from the layer table (1 for
+    fc6/fc7, 0 for fc8). "msra" (CPU presets): Gaussian(0, sqrt(2 / fan_in)) weights, the last fc layer
+    Gaussian(0, std), biases 0.
     """
-    biases = {layer.name: layer.bias for layer in spec.layers if isinstance(layer, Conv)}
-    biases.update(fc6=1.0, fc7=1.0, fc8=0.0)
-    named = dict(model.features.named_children()) | dict(model.classifier.named_children())
+    biases = {module_name(layer.name): layer.bias for layer in spec.layers if isinstance(layer, Conv)}
+    named = dict(model.features.named_children())
+    fcs = [layer for layer in head_of(spec, model.config) if isinstance(layer, InnerProduct)]
+    biases.update({module_name(layer.name): layer.bias for layer in fcs})
+    named |= dict(model.classifier.named_children())
+    last = module_name(fcs[-1].name) if fcs else None
     with torch.no_grad():
         for name, bias in biases.items():
             weight = named[name].weight
-            msra = spec.init == "msra" and name != "fc8"
+            msra = spec.init == "msra" and name != last
             weight.normal_(0.0, (2.0 / weight[0].numel()) ** 0.5 if msra else std)
-            named[name].bias.fill_(0.0 if spec.init == "msra" else bias)
+            if named[name].bias is not None:
+                named[name].bias.fill_(0.0 if spec.init == "msra" else bias)
 
 
 def build_model(

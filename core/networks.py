@@ -22,7 +22,11 @@ from sppnet.core.preprocess import Preprocess
 
 @dataclass(frozen=True)
 class Conv:
-    """Convolution (Caffe init: Gaussian weights, constant bias) followed by ReLU."""
+    """Convolution (Caffe init: Gaussian weights, constant `bias`) followed by a ReLU of slope `relu`.
+
+    `relu` None: no ReLU here (an imported net writes its ReLUs as layers of their own). `group` and `bias_term`
+    are Caffe's.
+    """
 
     name: str
     channels: int
@@ -30,37 +34,97 @@ class Conv:
     stride: int = 1
     pad: int = 0
     bias: float = 0.0
+    group: int = 1
+    bias_term: bool = True
+    relu: float | None = 0.0
 
     def out_size(self, a: int) -> int:
         return conv_size(a, self.kernel, self.stride, self.pad)
 
 
+POOL_METHODS = ("max", "ave")
+
+
 @dataclass(frozen=True)
 class Pool:
-    """Caffe CEIL-mode max pooling, no padding."""
+    """Caffe pooling (CEIL rounding, its last-window clip, AVE divisor counting padding); `global_pooling` pools
+    the whole map to 1x1 whatever kernel and stride say. An empty name is "pool<stage>" in the model."""
 
     kernel: int
     stride: int
+    pad: int = 0
+    method: str = "max"
+    global_pooling: bool = False
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.method not in POOL_METHODS:
+            raise InvalidInput(f"pooling method {self.method!r} is not one of {', '.join(POOL_METHODS)}")
+        if not self.global_pooling and not 0 <= self.pad < self.kernel:
+            raise InvalidInput(f"pooling pad {self.pad} must be below the kernel {self.kernel} (Caffe checks it)")
+        if not self.global_pooling and not 1 <= self.stride <= self.kernel:
+            raise InvalidInput(
+                f"pooling stride {self.stride} > kernel {self.kernel}: Caffe's CEIL rounding then emits windows "
+                "past the map, which sppnet does not reproduce"
+            )
+
+    @property
+    def simple(self) -> bool:
+        """A MAX pool without padding: torch's and ONNX's ceil-mode max pooling as they are."""
+        return self.method == "max" and self.pad == 0 and not self.global_pooling
 
     def out_size(self, a: int) -> int:
-        return caffe_pool_size(a, self.kernel, self.stride)
+        return 1 if self.global_pooling else caffe_pool_size(a, self.kernel, self.stride, self.pad)
 
 
 @dataclass(frozen=True)
 class LRN:
-    """Caffe LRN: 'within' (WITHIN_CHANNEL, ZF-5) or 'across' (ACROSS_CHANNELS, Krizhevsky's)."""
+    """Caffe LRN: 'within' (WITHIN_CHANNEL, ZF-5) or 'across' (ACROSS_CHANNELS, Krizhevsky's, with Caffe's k)."""
 
     region: str
     size: int
     alpha: float
     beta: float = 0.75
+    k: float = 1.0
+    name: str = ""
 
     def out_size(self, a: int) -> int:
         return a
 
 
-LayerSpec = Conv | Pool | LRN
-LAYER_TYPES: dict[str, type[LayerSpec]] = {"conv": Conv, "pool": Pool, "lrn": LRN}  # type: ignore[dict-item]
+@dataclass(frozen=True)
+class ReLU:
+    """A ReLU layer of its own (Caffe's ReLU: negative_slope * x below zero)."""
+
+    name: str
+    negative_slope: float = 0.0
+
+    def out_size(self, a: int) -> int:
+        return a
+
+
+@dataclass(frozen=True)
+class InnerProduct:
+    """A fully connected layer of an imported head; `bias` is the init value (Caffe's constant filler)."""
+
+    name: str
+    outputs: int
+    bias_term: bool = True
+    bias: float = 0.0
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """Dropout of an imported head; how it scales is the model's `ModelConfig.dropout_scaling`."""
+
+    name: str
+    ratio: float = 0.5
+
+
+LayerSpec = Conv | Pool | LRN | ReLU
+HeadSpec = InnerProduct | ReLU | Dropout
+LAYER_TYPES: dict[str, type[LayerSpec]] = {"conv": Conv, "pool": Pool, "lrn": LRN, "relu": ReLU}  # type: ignore[dict-item]
+HEAD_TYPES: dict[str, type[HeadSpec]] = {"innerproduct": InnerProduct, "relu": ReLU, "dropout": Dropout}  # type: ignore[dict-item]
 ZF_LRN = LRN("within", 3, 5e-5)
 KRIZHEVSKY_LRN = LRN("across", 5, 1e-4)
 
@@ -83,7 +147,12 @@ class PaperResult:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """A network: its layer table to conv5, fc width, the no-SPP baseline's pool5, sizes and paper numbers."""
+    """A network: its layer table to conv5, its head, the no-SPP baseline's pool5, sizes and paper numbers.
+
+    `head` None is the paper's fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> fc8 (`fc_width` wide, the
+    model's class count out); an imported network lists its own InnerProduct, ReLU and Dropout layers after the
+    pyramid, the last InnerProduct giving the logits.
+    """
 
     name: str
     summary: str
@@ -96,10 +165,14 @@ class NetworkSpec:
     preset_of: str | None = None
     init: str = "gaussian"
     input_scale: float = 1.0
+    head: tuple[HeadSpec, ...] | None = None
 
     @property
     def conv5_channels(self) -> int:
-        return [layer for layer in self.layers if isinstance(layer, Conv)][-1].channels
+        convs = [layer for layer in self.layers if isinstance(layer, Conv)]
+        if not convs:
+            raise InvalidInput(f"network {self.name!r} has no convolution: sppnet needs at least one")
+        return convs[-1].channels
 
     def default_preprocess(self, sizes: Sequence[int] | None = None, short_side: int | None = None) -> Preprocess:
         """The paper's geometry scaled to the largest training size: crop = max(sizes), short side 256/224 of it
@@ -110,7 +183,8 @@ class NetworkSpec:
     def to_json(self) -> dict[str, Any]:
         """The layer table and head as plain JSON, for a network that travels in `model.json` (an imported one)."""
         record = asdict(self)
-        record["layers"] = [{"type": type(layer).__name__.lower(), **asdict(layer)} for layer in self.layers]
+        record["layers"] = [_layer_json(layer) for layer in self.layers]
+        record["head"] = None if self.head is None else [_layer_json(layer) for layer in self.head]
         record["baseline_pool"] = asdict(self.baseline_pool)
         record["paper"] = None  # published numbers belong to the registered networks only
         return json.loads(json.dumps(record))
@@ -120,13 +194,9 @@ class NetworkSpec:
         """Inverse of `to_json`; an unknown layer type or key is an InvalidInput naming it."""
         try:
             values = dict(record)
-            layers = []
-            for layer in values.pop("layers"):
-                kind = LAYER_TYPES.get(layer.get("type"))
-                if kind is None:
-                    raise InvalidInput(f"unknown layer type {layer.get('type')!r} in a network spec")
-                layers.append(kind(**{k: v for k, v in layer.items() if k != "type"}))
-            values["layers"] = tuple(layers)
+            values["layers"] = tuple(_layer_from_json(layer, LAYER_TYPES) for layer in values.pop("layers"))
+            head = values.get("head")
+            values["head"] = None if head is None else tuple(_layer_from_json(layer, HEAD_TYPES) for layer in head)
             values["baseline_pool"] = Pool(**values["baseline_pool"])
             values["train_sizes"] = tuple(values["train_sizes"])
             values["paper"] = None
@@ -134,6 +204,17 @@ class NetworkSpec:
         except (KeyError, TypeError, AttributeError) as e:
             problem = f"{type(e).__name__}: {e}"
             raise InvalidInput(f"the network spec is malformed ({problem}): re-import the model") from None
+
+
+def _layer_json(layer: LayerSpec | HeadSpec) -> dict[str, Any]:
+    return {"type": type(layer).__name__.lower(), **asdict(layer)}
+
+
+def _layer_from_json(record: dict[str, Any], kinds: dict[str, type]) -> Any:
+    kind = kinds.get(record.get("type"))  # type: ignore[arg-type]
+    if kind is None:
+        raise InvalidInput(f"unknown layer type {record.get('type')!r} in a network spec: re-import the model")
+    return kind(**{k: v for k, v in record.items() if k != "type"})
 
 
 def zf5_layers(div: int = 1) -> tuple[LayerSpec, ...]:
@@ -279,19 +360,31 @@ def get_network(name: str) -> NetworkSpec:
 
 
 def _extent(layer: Conv | Pool) -> int:
-    """The smallest input length this layer maps to a non-empty output (Caffe pooling wants >= kernel)."""
-    return layer.kernel - 2 * layer.pad if isinstance(layer, Conv) else layer.kernel
+    """The smallest input length this layer maps to a non-empty output (Caffe pooling wants the padded map to
+    hold a kernel, as the table's convolutions do)."""
+    if isinstance(layer, Pool) and layer.global_pooling:
+        return 1
+    return max(layer.kernel - 2 * layer.pad, 1)
+
+
+def _sized(spec: NetworkSpec) -> list[tuple[str, Conv | Pool]]:
+    """The layers that change the map size, with the names the model gives them (convs and pools)."""
+    named: list[tuple[str, Conv | Pool]] = []
+    stage = 0
+    for layer in spec.layers:
+        if isinstance(layer, Conv):
+            stage += 1
+            named.append((layer.name, layer))
+        elif isinstance(layer, Pool):
+            named.append((layer.name or f"pool{stage}", layer))
+    return named
 
 
 def feature_sizes(spec: NetworkSpec, height: int, width: int) -> list[tuple[str, int, int]]:
     """(layer, H, W) after each conv and pool for an input of height x width; ValueError if a map empties."""
     sizes: list[tuple[str, int, int]] = []
-    stage, h, w = 0, height, width
-    for layer in spec.layers:
-        if isinstance(layer, LRN):
-            continue
-        stage += isinstance(layer, Conv)
-        name = layer.name if isinstance(layer, Conv) else f"pool{stage}"
+    h, w = height, width
+    for name, layer in _sized(spec):
         if min(h, w) < _extent(layer):
             smallest = min_input_size(spec)
             raise InvalidInput(
@@ -304,21 +397,24 @@ def feature_sizes(spec: NetworkSpec, height: int, width: int) -> list[tuple[str,
 
 
 def geometry(spec: NetworkSpec) -> list[tuple[str, int, int, int]]:
-    """The conv and pool layers as ("conv" | "pool", kernel, stride, pad), for torch-free size arithmetic."""
-    return [
-        ("conv", layer.kernel, layer.stride, layer.pad)
-        if isinstance(layer, Conv)
-        else ("pool", layer.kernel, layer.stride, 0)
-        for layer in spec.layers
-        if not isinstance(layer, LRN)
-    ]
+    """The conv and pool layers as ("conv" | "pool", kernel, stride, pad), for torch-free size arithmetic.
+
+    A global pooling is ("pool", 0, 1, 0): `caffe_shapes.feature_map_size` maps any size to 1 there.
+    """
+    rows = []
+    for _, layer in _sized(spec):
+        if isinstance(layer, Pool) and layer.global_pooling:
+            rows.append(("pool", 0, 1, 0))
+        else:
+            rows.append(("conv" if isinstance(layer, Conv) else "pool", layer.kernel, layer.stride, layer.pad))
+    return rows
 
 
 def feature_stride(spec: NetworkSpec) -> int:
     """Input pixels per conv5 cell: the product of every conv and pool stride (16 for ZF-5 and Convnet*-5)."""
     stride = 1
-    for layer in spec.layers:
-        if not isinstance(layer, LRN):
+    for _, layer in _sized(spec):
+        if not (isinstance(layer, Pool) and layer.global_pooling):
             stride *= layer.stride
     return stride
 
@@ -332,13 +428,14 @@ def min_input_size(spec: NetworkSpec) -> int:
 
 
 def _fits(spec: NetworkSpec, a: int) -> bool:
-    for layer in spec.layers:
-        if isinstance(layer, LRN):
-            continue
+    for _, layer in _sized(spec):
         if a < _extent(layer):
             return False
         a = layer.out_size(a)
     return True
+
+
+DROPOUT_SCALINGS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -353,5 +450,14 @@ class ModelConfig:
     dropout: float = 0.5
     init_std: float = 0.01
     input_size: int | None = None  # the no-SPP baseline's one input size (its fc6 depends on it); default the spec's
+    # "train": dropout scales by 1 / (1 - ratio) while training and is the identity at test (BVLC Caffe, PyTorch);
+    # "test": training keeps x * mask and testing multiplies by 1 - ratio (the SPP-net release's Caffe fork).
+    dropout_scaling: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.dropout_scaling not in DROPOUT_SCALINGS:
+            raise InvalidInput(
+                f"dropout_scaling {self.dropout_scaling!r} is not one of {', '.join(DROPOUT_SCALINGS)}"
+            )
 
 

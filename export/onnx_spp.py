@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sppnet.core.bins import check_rule, spp_bins, uniform_pooling
+from sppnet.core.bins import POOLS_PREFIX, check_rule, parse_pools_rule, spp_bins, uniform_pooling
+from sppnet.core.errors import InvalidInput
 from sppnet.export.onnx_builder import GraphBuilder
 from sppnet.export.spp_plugin import ONNX_DOMAIN, ONNX_OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
@@ -99,6 +100,14 @@ def bin_edges(g: GraphBuilder, a: str, n: int, rule: str) -> tuple[str, str]:
     def ceil_div(p: str, q: str) -> str:  # (p + q - 1) // q
         return div(g.node("Add", [p, g.node("Sub", [q, g.const(np.array(1, np.int64))])]), q)
 
+    if rule.startswith(POOLS_PREFIX):  # the file's windows where `a` is a length it was made for, else adaptive
+        start, end = bin_edges(g, a, n, "adaptive")
+        for length in parse_pools_rule(rule).lengths:
+            bins = np.array(spp_bins(length, n, rule), np.int64)
+            here = g.node("Equal", [a, g.const(np.array(length, np.int64))])
+            start = g.node("Where", [here, g.const(bins[:, 0]), start])
+            end = g.node("Where", [here, g.const(bins[:, 1]), end])
+        return start, end
     if rule == "adaptive":  # floor(i a / n), ceil((i + 1) a / n)
         return div(g.node("Mul", [i, a]), nn_), ceil_div(g.node("Mul", [i1, a]), nn_)
     if rule == "window":  # start i * floor(a / n), window ceil(a / n)
@@ -125,6 +134,11 @@ def bin_masks(g: GraphBuilder, a: str, n: int, rule: str) -> str:
 def plugin_spp(g: GraphBuilder, x: str, levels: Sequence[int], rule: str) -> str:
     """One custom node that TensorRT maps to the sppnet SPP plugin (not runnable by ONNX Runtime)."""
     check_rule(rule)
+    if rule.startswith(POOLS_PREFIX):
+        raise InvalidInput(
+            f"the SPP plugin knows the adaptive, window and caffe rules, not a file's pools ({rule}): "
+            "export the decomposed dynamic form (leave --plugin off)"
+        )
     g.use_domain(ONNX_DOMAIN, 1)
     return g.node(
         ONNX_OP_TYPE,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sppnet.core.bins import DEFAULT_LEVELS, RULES, check_levels, check_rule
+from sppnet.core.errors import InvalidInput
 
 PLUGIN_NAME = "SpatialPyramidPooling"
 PLUGIN_NAMESPACE = "sppnet"
@@ -62,7 +63,7 @@ class SPPAttributes:
             raise ValueError(
                 f"SPPAttributes.levels must be a tuple of ints >= 1; got {self.levels!r}: use parse_attributes"
             )
-        check_rule(self.rule)
+        kernel_rule_code(self.rule)
 
     @property
     def rule_code(self) -> int:
@@ -77,6 +78,17 @@ class SPPAttributes:
     def onnx_attributes(self) -> dict[str, Any]:
         """The attributes of the ONNX `SpatialPyramidPooling` node, including the ones TensorRT's parser needs."""
         return {"levels": list(self.levels), "rule": self.rule, **ONNX_PLUGIN_ATTRIBUTES}
+
+
+def kernel_rule_code(rule: str) -> int:
+    """The kernel's RULE code of a rule; a file's "pools@" rule (or any other) is refused with the fix."""
+    check_rule(rule)
+    if rule not in RULE_CODES:
+        raise InvalidInput(
+            f"the SPP kernel and plugin know the rules {', '.join(RULES)}, not {rule!r}: "
+            "use the decomposed dynamic ONNX form (or the PyTorch layer) for this model"
+        )
+    return RULE_CODES[rule]
 
 
 def parse_levels(levels: Iterable[Any]) -> tuple[int, ...]:

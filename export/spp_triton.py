@@ -26,8 +26,15 @@ except ImportError as error:  # pragma: no cover - exercised only where triton i
         "sppnet.export.spp_triton needs Triton: pip install triton (or pip install 'sppnet[gpu]')"
     ) from error
 
-from sppnet.core.bins import DEFAULT_LEVELS, check_levels, check_pyramid, check_rule
-from sppnet.export.spp_plugin import MAX_BLOCK_C, RULE_CODES, SUPPORTED_DTYPES, block_channels, launch_grid
+from sppnet.core.bins import DEFAULT_LEVELS, check_levels, check_pyramid
+from sppnet.export.spp_plugin import (
+    MAX_BLOCK_C,
+    RULE_CODES,
+    SUPPORTED_DTYPES,
+    block_channels,
+    kernel_rule_code,
+    launch_grid,
+)
 
 _ADAPTIVE = tl.constexpr(RULE_CODES["adaptive"])
 _WINDOW = tl.constexpr(RULE_CODES["window"])
@@ -122,7 +129,7 @@ def spp_triton(
     Same result as `sppnet.core.spp.spatial_pyramid_pool`, bit for bit. `out`, when given, must be a contiguous
     (N, C * sum(n^2)) tensor of x's dtype on x's device; `block_c` (channels per program) defaults by C.
     """
-    check_rule(rule)
+    kernel_rule_code(rule)
     levels = check_levels(levels)
     _check_input(x)
     num, channels, height, width = x.shape
@@ -168,7 +175,7 @@ def compile_native(
         raise RuntimeError("compile_native needs the native kernel: unset TRITON_INTERPRET and start a new process")
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"compile_native dtype must be one of {SUPPORTED_DTYPES}; got {dtype!r}")
-    check_rule(rule)
+    kernel_rule_code(rule)
     levels = check_levels(levels)
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

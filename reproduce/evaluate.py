@@ -7,6 +7,8 @@ softmax probabilities averaged over each image's views. All preprocessing is `pr
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -341,3 +343,25 @@ def evaluate_many(
         )
         for mode, value in plan
     ]
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    split: str = "test",
+    *,
+    mode: str,
+    size: int | None = None,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> EvalResult:
+    """`sppnet evaluate`: a run on DIR/<split> (ImageFolder layout) with one protocol; bad images are skipped and
+    reported through `log`."""
+    from sppnet.core.runs import load_model, load_preprocess
+    from sppnet.reproduce.datasets import builtin_split, load_images
+
+    model, pre = load_model(run_dir), load_preprocess(run_dir)
+    images, kept, bad = load_images(builtin_split(data_dir, split), on_bad="skip")
+    for item in bad:
+        log(f"skipped {item.path}: {item.reason}")
+    labels = [sample.label for sample in kept.samples]
+    return evaluate(model, images, labels, mode=mode, pre=pre, size=size)

@@ -583,15 +583,25 @@ def plot_training_curves(summary: dict[str, Any]) -> bytes:
 # --- files --------------------------------------------------------------------------------------------------
 
 
-def write_report(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def write_report(
+    results: dict[str, Any],
+    out_dir: Path,
+    *,
+    sections: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
     """Write report.md, report.json and the two PNG plots into `out_dir`; returns {kind: path}.
 
-    Everything is computed before the first file is written, so invalid results leave `out_dir` untouched.
+    `sections` are further markdown sections appended to report.md (the main job's export, engines, runtime and
+    detection stages), `extra` further keys of report.json. Everything is computed before the first file is
+    written, so invalid results leave `out_dir` untouched.
     """
     summary = summarise(results)
+    record = summary | (extra or {})
+    markdown = "\n".join([render_markdown(summary), *sections])
     contents: dict[str, Callable[[], bytes]] = {
-        "json": lambda: (json.dumps(summary, indent=1, allow_nan=False) + "\n").encode(),
-        "markdown": lambda: render_markdown(summary).encode(),
+        "json": lambda: (json.dumps(record, indent=1, allow_nan=False) + "\n").encode(),
+        "markdown": lambda: markdown.encode(),
         "test_sizes_plot": lambda: plot_test_sizes(summary),
         "training_curves_plot": lambda: plot_training_curves(summary),
     }

@@ -1,7 +1,8 @@
 """The runtime through the ONNX Runtime backend: each image routed as specified (exact fixed size -> that model,
-any other size -> the dynamic model's tightest profile, outside -> an error or a resize), outputs equal to PyTorch
-on the same input within the stated tolerances, input order kept, threads and streaming equal to serial calls,
-and every bad image an error of its own.
+any other size -> the dynamic model's tightest profile, outside -> fitted into range by default, or an error on
+request), outputs equal to PyTorch on the same input within the stated tolerances, input order kept, threads and
+streaming equal to serial calls, and every bad image an error of its own. The dispatcher's error isolation is
+tests/engines/test_dispatch.py; routing and fitting are tests/engines/test_routing.py.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
+from sppnet.core.errors import BackendError, OutOfMemory, RouteError
 from sppnet.core.images import load_bgr
+from sppnet.core.manifest import Weights
 from sppnet.core.runs import load_model
-from sppnet.engines.backends.base import OutOfMemory, Runner
-from sppnet.engines.dispatch import Executor, run_batches
+from sppnet.engines.backends.base import Runner, TensorMeta
+from sppnet.engines.compare import TOLERANCE
 from sppnet.engines.model_set import load_model_set
-from sppnet.engines.parity import TOLERANCE
-from sppnet.engines.routing import Policy, RouteError, prepare, route
+from sppnet.engines.routing import Policy, Served, prepare, route_size
 from sppnet.engines.runtime import Runtime
 
 from .conftest import SCALES
@@ -43,30 +45,32 @@ def random_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def test_exact_fixed_sizes_go_to_their_model_and_other_sizes_to_the_dynamic_profiles(runtime_onnx: Path) -> None:
-    models = load_model_set(runtime_onnx)
-    assert route(112, 112, models).model == "zf5_cpu_112x112_fp32.onnx"
-    assert route(90, 90, models).kind == "fixed"
-    small, large = route(90, 91, models), route(300, 500, models)
+    served = Served.of(load_model_set(runtime_onnx))
+    assert route_size(112, 112, served).model == "zf5_cpu_112x112_fp32.onnx"
+    assert route_size(90, 90, served).kind == "fixed"
+    small, large = route_size(90, 91, served), route_size(300, 500, served)
     assert (small.model, small.kind, small.profile) == ("zf5_cpu_dynamic_fp32.onnx", "dynamic", 0)
     assert large.profile == 1  # beyond the largest export scale: the second profile
     for h, w in ((38, 100), (100, 705), (1000, 1000)):
-        with pytest.raises(RouteError, match=rf"no model takes a {h}x{w} input .*--outside resize"):
-            route(h, w, models)
+        with pytest.raises(RouteError, match=rf"no model takes a {h}x{w} input .*drop --outside error"):
+            route_size(h, w, served)
 
 
 def test_policies_give_the_papers_sizes(runtime_onnx: Path) -> None:
     models = load_model_set(runtime_onnx)
-    pre = models.preprocess  # zf5_cpu: short side 128, crop 112 (the paper's 256/224 halved)
+    pre = models.card.preprocess  # zf5_cpu: short side 128, crop 112 (the paper's 256/224 halved)
     image = np.zeros((300, 451, 3), np.uint8)
-    assert prepare(image, Policy("center-crop"), pre, models).shape[:2] == (112, 112)
-    assert prepare(image, Policy("full"), pre, models).shape[:2] == (112, 168)  # short side = crop, aspect kept
-    assert prepare(image, Policy("full", 90), pre, models).shape[:2] == (90, 135)
-    assert prepare(image, Policy("nearest"), pre, models).shape[:2] in SCALES
-    assert prepare(image, Policy("none"), pre, models).shape[:2] == (300, 451)
+    assert prepare(image, Policy("center-crop"), pre, models).pixels.shape[:2] == (112, 112)
+    assert prepare(image, Policy("full"), pre, models).pixels.shape[:2] == (112, 168)  # short side = crop
+    assert prepare(image, Policy("full", 90), pre, models).pixels.shape[:2] == (90, 135)
+    assert prepare(image, Policy("nearest"), pre, models).pixels.shape[:2] in SCALES
+    assert prepare(image, Policy("none"), pre, models).pixels.shape[:2] == (300, 451)
+    assert all(prepare(image, Policy(name), pre, models).fitted_from is None for name in ("full", "none"))
     huge = np.zeros((900, 1800, 3), np.uint8)
-    resized = prepare(huge, Policy("none", outside="resize"), pre, models)
-    assert resized.shape[:2] == (352, 704)  # aspect kept, long side at the dynamic range's end
-    assert route(*resized.shape[:2], models).kind == "dynamic"
+    resized = prepare(huge, Policy("none"), pre, models)
+    assert resized.pixels.shape[:2] == (352, 704)  # aspect kept, long side at the dynamic range's end
+    assert resized.fitted_from == (900, 1800)
+    assert route_size(352, 704, Served.of(models)).kind == "dynamic"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -87,9 +91,10 @@ def test_a_mixed_size_stream_is_routed_and_equals_pytorch_in_input_order(
         pixels = image if isinstance(image, np.ndarray) else load_bgr(image)
         assert (result.route.height, result.route.width) == pixels.shape[:2]  # policy none: the image's own size
         assert result.route.kind == ("fixed" if pixels.shape[:2] in SCALES else "dynamic")
-        want = reference(trained_run, prepare(pixels, Policy("none"), pre, rt.models))
+        assert result.route.fitted_from is None
+        want = reference(trained_run, prepare(pixels, Policy("none"), pre, rt.models).pixels)
         worst = max(worst, rel_error(result.logits, want))
-        assert result.topk[0][0] == rt.models.classes[int(np.argmax(result.logits))]
+        assert result.topk[0][0] == rt.models.card.classes[int(np.argmax(result.logits))]
         assert len(result.topk) == 3 and sum(p for _, p in result.topk) <= 1.0 + 1e-9
         if not isinstance(image, np.ndarray):
             assert result.source == str(image)
@@ -152,15 +157,18 @@ def test_each_bad_image_is_its_own_error_and_odd_formats_are_converted(runtime_o
     (tmp_path / "bomb.png").write_bytes(_bomb_png(100_000, 100_000))
     names = ["good.png", "truncated.jpg", "empty.png", "text.png", "one.png", "gray.png", "rgba.png", "cmyk.jpg",
              "16bit.png", "bomb.png"]  # fmt: skip
-    with Runtime(runtime_onnx, policy=Policy("none")) as rt:
+    with Runtime(runtime_onnx, policy=Policy("none", outside="error")) as rt:
         results = {Path(r.source).name: r for r in rt.infer([tmp_path / n for n in names])}
     for ok in ("good.png", "gray.png", "rgba.png", "cmyk.jpg", "16bit.png"):
         assert results[ok].error is None and results[ok].route.height == (120 if ok == "good.png" else 80), ok
     assert "truncated" in results["truncated.jpg"].error or "cannot" in results["truncated.jpg"].error
     for bad in ("empty.png", "text.png"):
         assert results[bad].error and results[bad].route is None
-    assert "no model takes a 1x1 input" in results["one.png"].error
+    assert "no model takes a 1x1 input" in results["one.png"].error  # refused only because the caller asked
     assert "pixels" in results["bomb.png"].error
+    with Runtime(runtime_onnx, policy=Policy("none")) as rt:  # by default it is fitted into the range
+        (one,) = rt.infer([tmp_path / "one.png"])
+    assert one.error is None and (one.route.height, one.route.width, one.route.fitted_from) == (39, 39, (1, 1))
     with Runtime(runtime_onnx) as rt:  # policy full: a 1x1 image is resized to the training size (documented)
         (one,) = rt.infer([tmp_path / "one.png"])
     assert one.error is None and (one.route.height, one.route.width) == (112, 112)
@@ -195,6 +203,12 @@ class _SmallMemory(Runner):
             raise OutOfMemory(f"{len(x)} images do not fit")
         return self.inner.infer(feed, profile)
 
+    def _inputs_impl(self) -> list[TensorMeta]:
+        return self.inner.inputs()
+
+    def _outputs_impl(self) -> list[TensorMeta]:
+        return self.inner.outputs()
+
     def _deactivate_impl(self) -> None:
         self.inner.deactivate()
 
@@ -214,34 +228,16 @@ def test_out_of_memory_retries_with_smaller_batches(runtime_onnx: Path) -> None:
         assert rel_error(b.logits, a.logits) <= 1e-5
 
 
-def test_a_failing_batch_fails_only_its_own_images(runtime_onnx: Path) -> None:
-    class Broken(Runner):
-        def _activate_impl(self) -> None: ...
-        def _infer_impl(self, feed: dict[str, np.ndarray], profile: int) -> dict[str, np.ndarray]:
-            raise RuntimeError("engine failed")
-
-        def _deactivate_impl(self) -> None: ...
-
-    models = load_model_set(runtime_onnx)
-    with Runtime(runtime_onnx, policy=Policy("none")) as rt:
-        runners = dict(rt.runners) | {"zf5_cpu_90x90_fp32.onnx": Broken().activate()}
-        executor = Executor(runners, lambda r: 8, models.input_name, models.output_name)
-        items = [rt.prepare(np.zeros(size, np.uint8)) for size in [(112, 112, 3), (90, 90, 3), (112, 112, 3)]]
-        outcomes = run_batches(executor, items)
-    assert isinstance(outcomes[1], RuntimeError)
-    assert isinstance(outcomes[0], np.ndarray) and isinstance(outcomes[2], np.ndarray)
-
-
 def test_directory_and_backend_mismatches_are_refused_naming_the_fix(
     runtime_onnx: Path, trained_run: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(ValueError, match="cannot run: pass --backend onnxruntime"):
+    with pytest.raises(ValueError, match="which the torch backend cannot run: pass --backend onnxruntime"):
         Runtime(runtime_onnx, backend="torch")
-    with pytest.raises(ValueError, match=r"not an engine directory .* or a training run"):
+    with pytest.raises(ValueError, match=r"not an engine directory .* or a run \(RUN/model.json"):
         Runtime(tmp_path)
     with Runtime(trained_run, backend="torch", policy=Policy("none")) as rt:  # the reference runs any size
         (r,) = rt.infer([np.zeros((77, 203, 3), np.uint8)])
-    assert r.error is None and r.route.model == "torch"
+    assert r.error is None and (r.route.model, r.route.kind) == ("model.safetensors", "dynamic")
 
 
 def test_the_onnx_runtime_hot_path_never_imports_torch(runtime_onnx: Path) -> None:
@@ -264,17 +260,18 @@ def test_the_onnx_runtime_hot_path_never_imports_torch(runtime_onnx: Path) -> No
 def test_a_size_the_window_rule_cannot_bin_is_refused_not_pooled_wrongly(tmp_path: Path) -> None:
     from sppnet.core.models import build_model
     from sppnet.core.networks import get_network
-    from sppnet.export.onnx_export import ExportConfig, ExportSource, export_onnx
+    from sppnet.export.onnx_export import ExportConfig, ExportSource, card_of, export_onnx
 
     torch.manual_seed(0)
     model = build_model("zf5_cpu", num_classes=3, rule="window").eval()
-    source = ExportSource(model, ["a", "b", "c"], get_network("zf5_cpu").default_preprocess((112,)).to_json())
+    pre = get_network("zf5_cpu").default_preprocess((112,))
+    source = ExportSource(model, card_of(model, ["a", "b", "c"], pre, Weights("0" * 64, trained=False)))
     export_onnx(source, tmp_path, ExportConfig(scales=((112, 112),), precisions=("fp32",), max_size=256))
     rng = np.random.default_rng(5)
     square = random_image(rng, 224, 224)
     with Runtime(tmp_path, policy=Policy("none")) as rt:
         good, bad = rt.infer([square, random_image(rng, 180, 224)])
-        view = prepare(square, Policy("none"), rt.pre, rt.models)
+        view = prepare(square, Policy("none"), rt.pre, rt.models).pixels
     # conv5 of 224 is 13 cells (13 mod n is 0 or 1 for n = 6, 3, 2, 1); of 180 it is 10 (10 mod 6 = 4: 9 windows).
     with torch.inference_mode():
         want = model(torch.from_numpy(view.transpose(2, 0, 1)[None].copy())).numpy()[0]
@@ -284,7 +281,6 @@ def test_a_size_the_window_rule_cannot_bin_is_refused_not_pooled_wrongly(tmp_pat
 
 def test_a_model_that_fails_to_load_frees_the_ones_loaded_before_it(runtime_onnx: Path, monkeypatch) -> None:
     import sppnet.engines.runtime as runtime_module
-    from sppnet.engines.backends.base import RunnerError
 
     made: list[Runner] = []
     real = runtime_module.make_runners
@@ -292,11 +288,11 @@ def test_a_model_that_fails_to_load_frees_the_ones_loaded_before_it(runtime_onnx
     def third_fails(*args: object, **kwargs: object) -> dict[str, Runner]:
         runners = real(*args, **kwargs)
         name = list(runners)[2]
-        runners[name]._activate_impl = lambda: (_ for _ in ()).throw(RunnerError(f"{name} is corrupt"))
+        runners[name]._activate_impl = lambda: (_ for _ in ()).throw(BackendError(f"{name} is corrupt"))
         made.extend(runners.values())
         return runners
 
     monkeypatch.setattr(runtime_module, "make_runners", third_fails)
-    with pytest.raises(RunnerError, match="is corrupt"):
+    with pytest.raises(BackendError, match="is corrupt"):
         Runtime(runtime_onnx)
     assert made and not any(r.is_active for r in made)

@@ -17,19 +17,19 @@ import pytest
 from google.protobuf import text_format
 
 from sppnet.core.atomic import sha256_file
+from sppnet.core.errors import RouteError
+from sppnet.core.manifest import read_engine_manifest
 from sppnet.engines import serve_repo
 from sppnet.engines.model_set import load_model_set
-from sppnet.engines.routing import RouteError
-from sppnet.engines.routing import route as runtime_route
+from sppnet.engines.routing import Served, route_size
 from sppnet.engines.serve_repo import (
     RepositoryError,
     model_config_schema,
     parse_model_config,
     read_routes,
-    route,
     write_model_repository,
 )
-from sppnet.export.build import build_engines, check_engine_dir
+from sppnet.export.build import build_engines
 from sppnet.export.onnx_export import ExportConfig, export_onnx, source_untrained
 
 pytest.importorskip("tritonclient", reason="Triton's model config schema comes from tritonclient (pip install it)")
@@ -78,7 +78,8 @@ def test_the_schema_is_tritons_own() -> None:
 def test_one_model_per_fixed_engine_and_per_dynamic_profile_each_parsed_by_tritons_schema(
     engine_dir: Path, repository: Path
 ) -> None:
-    manifest = check_engine_dir(engine_dir)
+    manifest = read_engine_manifest(engine_dir)
+    content_sha256 = json.loads((engine_dir / "manifest.json").read_text())["content_sha256"]
     parsed = configs(repository)
     expected = {
         "zf5_cpu_112x112_fp32": ("zf5_cpu_112x112_fp32.engine", [3, 112, 112], 8, [4, 8], []),
@@ -105,11 +106,11 @@ def test_one_model_per_fixed_engine_and_per_dynamic_profile_each_parsed_by_trito
         assert (group.count, list(group.profile)) == (2, profile)
         parameters = {k: v.string_value for k, v in config.parameters.items()}
         assert parameters["sppnet_manifest_sha256"] == sha256_file(engine_dir / "manifest.json")
-        assert parameters["sppnet_content_sha256"] == manifest["content_sha256"]
+        assert parameters["sppnet_content_sha256"] == content_sha256
         assert parameters["sppnet_engine_file"] == engine
-        entry = next(e for e in manifest["files"] if e["file"] == engine)
-        assert sha256_file(repository / name / "1" / "model.plan") == entry["sha256"]
-        assert (repository / name / "labels.txt").read_text().split() == manifest["classes"]
+        entry = next(e for e in manifest.files if e.file == engine)
+        assert sha256_file(repository / name / "1" / "model.plan") == entry.sha256
+        assert (repository / name / "labels.txt").read_text().split() == list(manifest.card.classes)
     text = (repository / "zf5_cpu_dynamic_fp32_p0" / "config.pbtxt").read_text()
     assert "Triton picks a plan's optimisation profile by input shape" in text
 
@@ -123,26 +124,30 @@ def test_plans_are_hard_links_of_the_engines_where_the_filesystem_allows(engine_
 
 
 def test_routing_matches_the_runtimes_for_every_size(engine_dir: Path, repository: Path) -> None:
-    models = read_routes(repository)
-    assert route(models, 112, 112, "fp32").name == "zf5_cpu_112x112_fp32"
-    assert route(models, 90, 90, "fp16").name == "zf5_cpu_90x90_fp16"
-    assert route(models, 90, 91, "fp32").name == "zf5_cpu_dynamic_fp32_p0"
-    assert route(models, 200, 40, "fp32").name == "zf5_cpu_dynamic_fp32_p1"
+    routes = read_routes(repository)
+    assert routes.route(112, 112, "fp32").name == "zf5_cpu_112x112_fp32"
+    assert routes.route(90, 90, "fp16").name == "zf5_cpu_90x90_fp16"
+    assert routes.route(90, 91, "fp32").name == "zf5_cpu_dynamic_fp32_p0"
+    assert routes.route(200, 40, "fp32").name == "zf5_cpu_dynamic_fp32_p1"
     rng = np.random.default_rng(0)
+    refused = 0
     for precision in ("fp32", "fp16"):
-        runtime_models = load_model_set(engine_dir, precision)
+        served = Served.of(load_model_set(engine_dir, precision))
         sizes = [(112, 112), (90, 90), (38, 50), (225, 100), *map(tuple, rng.integers(30, 240, (300, 2)))]
         for h, w in sizes:
             try:
-                expected = runtime_route(int(h), int(w), runtime_models)
+                expected = route_size(int(h), int(w), served)
             except RouteError:
-                with pytest.raises(RepositoryError, match=f"no model takes a {h}x{w} input"):
-                    route(models, int(h), int(w), precision)
+                refused += 1
+                with pytest.raises(RouteError, match=f"no model takes a {h}x{w} input"):
+                    routes.route(int(h), int(w), precision)
                 continue
-            model = route(models, int(h), int(w), precision)
+            model = routes.route(int(h), int(w), precision)
             assert (model.engine_file, model.profile) == (expected.model, expected.profile)
+            assert model.covers(int(h), int(w))
+    assert refused > 2  # sizes below 39 or above 224 on either axis, at both precisions
     with pytest.raises(RepositoryError, match=r"has no int8 models \(it has fp16, fp32\)"):
-        route(models, 112, 112, "int8")
+        routes.route(112, 112, "int8")
 
 
 def test_the_readme_describes_routing_and_says_tensorrt_rtx_plans_are_not_tritons(repository: Path) -> None:
@@ -208,7 +213,7 @@ def test_an_output_that_is_not_a_repository_is_never_replaced(engine_dir: Path, 
             write_model_repository(engine_dir, out, allow_rtx=True)
         assert one_line(e) == f"{out} exists and is not an sppnet Triton repository: choose another output or remove it"
     assert (other / "cat.jpg").read_bytes() == b"not a model"
-    check_engine_dir(engine_dir)  # untouched
+    read_engine_manifest(engine_dir)  # untouched
 
 
 def test_missing_or_tampered_engine_dirs_are_one_line_errors_naming_the_rebuild(
@@ -225,7 +230,7 @@ def test_missing_or_tampered_engine_dirs_are_one_line_errors_naming_the_rebuild(
     engine.write_bytes(bytes(data))
     with pytest.raises(ValueError) as e:
         write_model_repository(tampered, tmp_path / "models", allow_rtx=True)
-    assert "does not match its manifest" in one_line(e) and "sppnet build" in str(e.value)
+    assert "zf5_cpu_90x90_fp32.engine does not match" in one_line(e) and "sppnet build" in str(e.value)
 
     edited = Path(shutil.copytree(engine_dir, tmp_path / "edited"))
     manifest = json.loads((edited / "manifest.json").read_text())

@@ -7,15 +7,26 @@ built in milliseconds. fp16 models are strongly typed: fp16 weights, Casts at th
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from sppnet.export.manifest import ONNX_FORMAT, VERSION, file_entry, write_manifest
+from sppnet.core.atomic import sha256_file
+from sppnet.core.manifest import (
+    ExportManifest,
+    ModelCard,
+    SizeRange,
+    Weights,
+    file_record,
+    read_export_manifest,
+    write_manifest,
+)
+from sppnet.core.networks import ModelConfig
+from sppnet.core.preprocess import Preprocess
+from sppnet.core.profiles import dynamic_profiles, fixed_profile
 
 NETWORK = "tiny"
 CLASSES = ["a", "b", "c", "d", "e"]
@@ -90,50 +101,52 @@ def make_onnx_export(
     opt_batch: int = 2,
     max_batch: int = 4,
 ) -> Path:
-    """Write an ONNX export directory (files and a manifest in the exporter's schema); returns the directory."""
+    """Write an ONNX export directory (files and a typed manifest, both forms of the dynamic model); returns it."""
     directory.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[tuple[int, int] | None, str, str]] = [(s, p, "static") for s in scales for p in precisions]
     if dynamic:
         jobs += [(None, p, form) for form in ("decomposed", "plugin") for p in precisions]
+    batches = {"opt_batch": opt_batch, "max_batch": max_batch}
+    dynamic_range = tuple(dynamic_profiles(min_size=sizes[0], max_size=sizes[1], scales=scales, **batches))
     entries = []
     for scale, precision, form in jobs:
         path = directory / file_name(scale, precision, form)
         onnx.save(tiny_model(scale, precision, form), path)
         entries.append(
-            file_entry(
+            file_record(
                 path,
                 kind="fixed" if scale else "dynamic",
-                scale=list(scale) if scale else None,
+                scale=scale,
                 precision=precision,
                 spp_form=form,
+                profiles=(fixed_profile(*scale, **batches),) if scale else dynamic_range,
             )
         )
-    manifest: dict[str, Any] = {
-        "format": ONNX_FORMAT,
-        "version": VERSION,
-        "network": NETWORK,
-        "model": {"name": NETWORK, "spp": True, "num_classes": len(CLASSES), "levels": [1], "rule": "adaptive"},
-        "classes": CLASSES,
-        "preprocess": {"mean_bgr": [128.0, 128.0, 128.0], "short_side": 32, "crop": 32, "scale": 1.0},
-        "weights": {"source": "onnx_fixtures (random)", "sha256": "0" * 64},
-        "spp": {"levels": [1], "rule": "adaptive"},
-        "input": {"name": "image", "dtype": "float32", "layout": "NCHW", "channels": 3},
-        "output": {"name": "logits", "dtype": "float32", "classes": len(CLASSES)},
-        "max_batch": max_batch,
-        "opt_batch": opt_batch,
-        "sizes": {"min": sizes[0], "max": sizes[1]},
-        "opset": OPSET,
-        "files": entries,
-    }
+    manifest = ExportManifest(
+        card=card(),
+        # conv 3x3, stride 1, pad 1: the feature map is the input's size
+        sizes=SizeRange(sizes[0], sizes[1], 1, (("conv", 3, 1, 1),)),
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        files=tuple(entries),
+        opset=OPSET,
+        producer={"onnx_fixtures": "1"},
+    )
     write_manifest(directory, manifest)
     return directory
 
 
+def card() -> ModelCard:
+    """The tiny network's card: one pyramid level, five classes, random weights."""
+    config = ModelConfig(name=NETWORK, num_classes=len(CLASSES), levels=(1,))
+    weights = Weights("0" * 64, source="onnx_fixtures (random)", trained=False, seed=0)
+    return ModelCard(NETWORK, config, tuple(CLASSES), Preprocess(short_side=32, crop=32), weights)
+
+
 def rehash(directory: Path, name: str) -> None:
     """Update `name`'s size and sha256 in the ONNX manifest (as if the exporter itself had written that file)."""
-    path = directory / "manifest.json"
-    manifest = json.loads(path.read_text())
-    for entry in manifest["files"]:
-        if entry["file"] == name:
-            entry.update(file_entry(directory / name))
-    write_manifest(directory, manifest)
+    manifest = read_export_manifest(directory, verify=False)
+    path = directory / name
+    fresh = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    files = tuple(replace(e, **fresh) if e.file == name else e for e in manifest.files)
+    write_manifest(directory, replace(manifest, files=files))

@@ -18,11 +18,20 @@ import pytest
 from onnx import TensorProto, helper
 
 from sppnet.core.atomic import sha256_file
-from sppnet.export import trt_builder
-from sppnet.export.build import build_engines, check_engine_dir, engine_profiles, plan_builds, plugin_status
-from sppnet.export.manifest import ManifestError, read_manifest
-from sppnet.export.profiles import dynamic_profiles, fixed_profile
-from sppnet.export.trt_builder import Backend, BuildError, NetworkFromOnnx, load_backend
+from sppnet.core.errors import BuildError
+from sppnet.core.manifest import (
+    Builder,
+    ManifestError,
+    read_engine_manifest,
+    read_export_manifest,
+    with_files,
+    write_manifest,
+)
+from sppnet.core.profiles import dynamic_profiles, fixed_profile
+from sppnet.export import trt_builder, trt_module
+from sppnet.export.build import build_engines, plan_builds, plugin_status
+from sppnet.export.trt_builder import NetworkFromOnnx
+from sppnet.export.trt_module import Backend, load_backend
 
 from .onnx_fixtures import make_onnx_export, rehash
 
@@ -57,49 +66,50 @@ def leftovers(directory: Path) -> list[str]:
 
 
 def test_every_model_builds_with_tensorrt_rtx_and_the_plugin_form_is_skipped(rtx, tiny_onnx, engine_dir) -> None:
-    onnx_manifest = read_manifest(tiny_onnx, "sppnet-onnx")
-    manifest = check_engine_dir(engine_dir)
+    onnx_manifest = read_export_manifest(tiny_onnx)
+    manifest = read_engine_manifest(engine_dir)
 
-    built = {e["onnx_file"]: e for e in manifest["files"]}
-    skipped = {s["onnx_file"]: s for s in manifest["skipped"]}
+    built = {e.source_file: e for e in manifest.files}
+    skipped = {s["source_file"]: s for s in manifest.skipped}
     assert sorted(built) == sorted(
-        f["file"] for f in onnx_manifest["files"] if f["spp_form"] != "plugin"
+        f.file for f in onnx_manifest.files if f.spp_form != "plugin"
     )  # 4 fixed + 2 decomposed dynamic
     assert sorted(skipped) == ["tiny_dynamic_plugin_fp16.onnx", "tiny_dynamic_plugin_fp32.onnx"]
     for record in skipped.values():
         assert "has no plugins" in record["reason"] and record["spp_form"] == "plugin"
 
-    scales = [f["scale"] for f in onnx_manifest["files"] if f["kind"] == "fixed"]
-    for source in onnx_manifest["files"]:
-        if source["file"] not in built:
+    scales = [f.scale for f in onnx_manifest.files if f.kind == "fixed"]
+    for source in onnx_manifest.files:
+        if source.file not in built:
             continue
-        entry = built[source["file"]]
-        assert entry["file"] == source["file"].removesuffix(".onnx") + ".engine"
-        assert entry["onnx_sha256"] == source["sha256"]
-        assert {k: entry[k] for k in ("kind", "scale", "precision", "spp_form")} == {
-            k: source[k] for k in ("kind", "scale", "precision", "spp_form")
-        }
-        path = engine_dir / entry["file"]
-        assert entry["bytes"] == path.stat().st_size > 0
-        assert entry["sha256"] == sha256_file(path)
-        assert entry["build_seconds"] > 0
-        if entry["kind"] == "fixed":
-            expected = [fixed_profile(*entry["scale"], opt_batch=2, max_batch=4)]
+        entry = built[source.file]
+        assert entry.file == source.file.removesuffix(".onnx") + ".engine"
+        assert entry.source_sha256 == source.sha256 == sha256_file(tiny_onnx / source.file)
+        assert (entry.kind, entry.scale, entry.precision, entry.spp_form) == (
+            source.kind,
+            source.scale,
+            source.precision,
+            source.spp_form,
+        )
+        path = engine_dir / entry.file
+        assert entry.bytes == path.stat().st_size > 0
+        assert entry.sha256 == sha256_file(path)
+        assert entry.seconds > 0
+        if entry.kind == "fixed":
+            expected = (fixed_profile(*entry.scale, opt_batch=2, max_batch=4),)
         else:
-            expected = dynamic_profiles(min_size=8, max_size=64, scales=scales, opt_batch=2, max_batch=4)
-        assert engine_profiles(entry) == expected
+            expected = tuple(dynamic_profiles(min_size=8, max_size=64, scales=scales, opt_batch=2, max_batch=4))
+        assert entry.profiles == expected
 
-    for key in ("network", "model", "classes", "preprocess", "weights", "spp", "input", "output", "sizes"):
-        assert manifest[key] == onnx_manifest[key]
-    assert manifest["onnx"]["manifest_sha256"] == sha256_file(tiny_onnx / "manifest.json")
-    assert Path(manifest["onnx"]["dir"]) == tiny_onnx.resolve()
-    assert manifest["builder"] == {"module": "tensorrt_rtx", "version": rtx.__version__}
-    assert manifest["target"]["compute_capabilities"] == ["8.0", "8.6", "8.9", "12.0"]
-    assert manifest["target"]["and_later"] is True
+    assert (manifest.card, manifest.sizes) == (onnx_manifest.card, onnx_manifest.sizes)
+    assert (manifest.max_batch, manifest.opt_batch) == (4, 2)
+    assert manifest.source_manifest_sha256 == sha256_file(tiny_onnx / "manifest.json")
+    assert Path(manifest.source_dir) == tiny_onnx.resolve()
+    assert manifest.builder == Builder("tensorrt_rtx", rtx.__version__)
+    assert manifest.target["compute_capabilities"] == ["8.0", "8.6", "8.9", "12.0"]
+    assert manifest.target["and_later"] is True
     assert leftovers(engine_dir) == []
-    assert sorted(p.name for p in engine_dir.iterdir()) == sorted(
-        [*(e["file"] for e in manifest["files"]), "manifest.json"]
-    )
+    assert sorted(p.name for p in engine_dir.iterdir()) == sorted([*(e.file for e in manifest.files), "manifest.json"])
 
 
 def test_explicit_target_gpus_are_recorded_and_builder_errors_are_one_line(rtx, tiny_onnx, tmp_path) -> None:
@@ -112,7 +122,7 @@ def test_explicit_target_gpus_are_recorded_and_builder_errors_are_one_line(rtx, 
         kinds=["fixed"],
         compute_capabilities=["8.6", "12.0"],
     )
-    target = check_engine_dir(out)["target"]
+    target = read_engine_manifest(out).target
     assert target == {"compute_capabilities": ["8.6", "12.0"], "and_later": False, "set_by": "build option"}
 
     with pytest.raises(BuildError, match=r"'9\.0' is not a TensorRT-RTX target: choose from .*8\.6"):
@@ -162,7 +172,7 @@ def test_a_tampered_engine_or_manifest_is_refused_with_the_rebuild_hint(engine_d
         copy = Path(shutil.copytree(engine_dir, tmp_path / f"copy{len(list(tmp_path.iterdir()))}"))
         change(copy)
         with pytest.raises(ManifestError) as info:
-            check_engine_dir(copy)
+            read_engine_manifest(copy)
         message = str(info.value)
         assert REBUILD in message and "\n" not in message
         return message
@@ -182,8 +192,8 @@ def test_a_tampered_engine_or_manifest_is_refused_with_the_rebuild_hint(engine_d
     def widen_profile(m: dict) -> None:
         m["files"][-1]["profiles"][0]["max"][2] = 4096
 
-    assert "tiny_32x32_fp16.engine does not match its manifest" in tampered(flip_byte)
-    assert "missing" in tampered(lambda d: (d / "tiny_dynamic_fp32.engine").unlink())
+    assert "tiny_32x32_fp16.engine does not match" in tampered(flip_byte)
+    assert "tiny_dynamic_fp32.engine is listed in" in tampered(lambda d: (d / "tiny_dynamic_fp32.engine").unlink())
     assert "edited after the build" in tampered(lambda d: edit_manifest(d, widen_profile))
     assert "edited after the build" in tampered(lambda d: edit_manifest(d, lambda m: m.pop("skipped")))
     assert "unreadable" in tampered(lambda d: (d / "manifest.json").write_text('{"format": "sppnet-eng'))
@@ -199,7 +209,7 @@ def test_a_corrupt_onnx_file_is_one_line_naming_the_file_and_re_export(rtx, tiny
     out = tmp_path / "engines"
 
     # Against the manifest's hash first: the file changed after export.
-    with pytest.raises(ManifestError, match=r"tiny_24x40_fp16\.onnx does not match its manifest.*re-export"):
+    with pytest.raises(ManifestError, match=r"tiny_24x40_fp16\.onnx does not match .*manifest\.json.*re-export"):
         build_engines(src, out, builder="tensorrt_rtx")
     # A file the exporter itself listed damaged: onnx.load / onnx.checker refuse it before any builder runs.
     rehash(src, path.name)
@@ -220,7 +230,7 @@ def test_an_onnx_file_with_the_wrong_input_size_is_refused(rtx, tiny_onnx, tmp_p
 
 
 def test_without_any_builder_the_error_names_the_install(tiny_onnx, tmp_path, monkeypatch) -> None:
-    for name in trt_builder.MODULES:
+    for name in trt_module.MODULES:
         monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
     for call in (lambda: load_backend(), lambda: build_engines(tiny_onnx, tmp_path / "engines")):
         with pytest.raises(
@@ -249,7 +259,7 @@ def test_an_interrupted_engine_write_leaves_no_engine_and_no_temporary_file(rtx,
 def test_an_interrupted_rebuild_leaves_no_manifest_listing_stale_engines(rtx, tiny_onnx, tmp_path, monkeypatch):
     out = tmp_path / "engines"
     build_engines(tiny_onnx, out, builder="tensorrt_rtx", kinds=["fixed"])
-    check_engine_dir(out)
+    read_engine_manifest(out)
     calls = []
     build = trt_builder.EngineFromNetwork.__call__
 
@@ -263,12 +273,12 @@ def test_an_interrupted_rebuild_leaves_no_manifest_listing_stale_engines(rtx, ti
     with pytest.raises(KeyboardInterrupt):
         build_engines(tiny_onnx, out, builder="tensorrt_rtx", kinds=["fixed"])
     with pytest.raises(ManifestError, match=f"no engine manifest .*{REBUILD}"):
-        check_engine_dir(out)
+        read_engine_manifest(out)
     assert leftovers(out) == []
 
 
 def test_tensorrt_rtx_records_that_it_has_no_timing_cache(engine_dir) -> None:
-    cache = check_engine_dir(engine_dir)["timing_cache"]
+    cache = read_engine_manifest(engine_dir).timing_cache
     assert cache["file"] is None and "ignores timing caches" in cache["reason"]
     assert not (engine_dir / "timing.cache").exists()
 
@@ -281,31 +291,27 @@ def test_a_timing_cache_is_written_atomically_and_reused_where_the_builder_suppo
     # that full TensorRT gets.
     monkeypatch.setattr(Backend, "supports_timing_cache", property(lambda self: True))
     out = tmp_path / "engines"
-    first = json.loads(build_engines(tiny_onnx, out, builder="tensorrt_rtx", kinds=["fixed"]).read_text())
+    first = read_engine_manifest(build_engines(tiny_onnx, out, builder="tensorrt_rtx", kinds=["fixed"]).parent)
     cache_file = out / "timing.cache"
     size = cache_file.stat().st_size
     assert size > 0
-    assert first["timing_cache"] == {"file": "timing.cache", "loaded_bytes": 0, "saved_bytes": size}
-    second = json.loads(build_engines(tiny_onnx, out, builder="tensorrt_rtx", kinds=["fixed"]).read_text())
-    assert second["timing_cache"]["loaded_bytes"] == size
+    assert first.timing_cache == {"file": "timing.cache", "loaded_bytes": 0, "saved_bytes": size}
+    second = read_engine_manifest(build_engines(tiny_onnx, out, builder="tensorrt_rtx", kinds=["fixed"]).parent)
+    assert second.timing_cache["loaded_bytes"] == size
     assert leftovers(out) == []
 
     elsewhere = tmp_path / "caches" / "shared.cache"
     elsewhere.parent.mkdir()
-    third = json.loads(
-        build_engines(tiny_onnx, out, builder="tensorrt_rtx", kinds=["fixed"], timing_cache=elsewhere).read_text()
-    )
-    assert third["timing_cache"]["file"] == str(elsewhere.resolve()) and elsewhere.is_file()
+    build_engines(tiny_onnx, out, builder="tensorrt_rtx", kinds=["fixed"], timing_cache=elsewhere)
+    third = read_engine_manifest(out)
+    assert third.timing_cache["file"] == str(elsewhere.resolve()) and elsewhere.is_file()
 
 
 def test_precision_and_kind_filters_record_what_was_not_requested(rtx, tiny_onnx, tmp_path) -> None:
-    manifest = json.loads(
-        build_engines(
-            tiny_onnx, tmp_path / "e", builder="tensorrt_rtx", precisions=["fp16"], kinds=["fixed"]
-        ).read_text()
-    )
-    assert sorted(e["file"] for e in manifest["files"]) == ["tiny_24x40_fp16.engine", "tiny_32x32_fp16.engine"]
-    reasons = {s["onnx_file"]: s["reason"] for s in manifest["skipped"]}
+    build_engines(tiny_onnx, tmp_path / "e", builder="tensorrt_rtx", precisions=["fp16"], kinds=["fixed"])
+    manifest = read_engine_manifest(tmp_path / "e")
+    assert sorted(e.file for e in manifest.files) == ["tiny_24x40_fp16.engine", "tiny_32x32_fp16.engine"]
+    reasons = {s["source_file"]: s["reason"] for s in manifest.skipped}
     assert len(reasons) == 6
     assert reasons["tiny_32x32_fp32.onnx"] == "not requested (precisions fp16; kinds fixed)"
 
@@ -313,25 +319,24 @@ def test_precision_and_kind_filters_record_what_was_not_requested(rtx, tiny_onnx
         build_engines(tiny_onnx, tmp_path / "x", precisions=["int8"])
     with pytest.raises(ValueError, match=r"nothing to build .*tiny_dynamic_plugin_fp32\.onnx: .*has no plugins"):
         only_plugin = copy_onnx(tiny_onnx, tmp_path)
-        record = json.loads((only_plugin / "manifest.json").read_text())
-        record["files"] = [f for f in record["files"] if f["spp_form"] == "plugin"]
-        (only_plugin / "manifest.json").write_text(json.dumps(record))
+        exported = read_export_manifest(only_plugin)
+        write_manifest(only_plugin, with_files(exported, [f for f in exported.files if f.spp_form == "plugin"]))
         build_engines(only_plugin, tmp_path / "y", builder="tensorrt_rtx")
     with pytest.raises(ValueError, match="is the ONNX directory: choose another --out"):
         build_engines(tiny_onnx, tiny_onnx)
 
 
 def test_full_tensorrt_builds_the_plugin_form_instead_of_the_decomposition_when_the_plugin_registers(tiny_onnx):
-    manifest = read_manifest(tiny_onnx, "sppnet-onnx")
+    manifest = read_export_manifest(tiny_onnx)
     full = Backend(types.SimpleNamespace(__name__="tensorrt", __version__="10.13"))
     jobs, skipped = plan_builds(
         manifest, full, precisions=("fp32", "fp16"), kinds=("fixed", "dynamic"), plugin=lambda: (True, "registered")
     )
-    assert sorted(j.engine_file for j in jobs if j.entry["kind"] == "dynamic") == [
+    assert sorted(j.engine_file for j in jobs if j.entry.kind == "dynamic") == [
         "tiny_dynamic_plugin_fp16.engine",
         "tiny_dynamic_plugin_fp32.engine",
     ]
-    assert {s["onnx_file"]: s["reason"] for s in skipped} == {
+    assert {s["source_file"]: s["reason"] for s in skipped} == {
         "tiny_dynamic_fp32.onnx": "the plugin form of the same precision is built instead",
         "tiny_dynamic_fp16.onnx": "the plugin form of the same precision is built instead",
     }
@@ -339,7 +344,7 @@ def test_full_tensorrt_builds_the_plugin_form_instead_of_the_decomposition_when_
         manifest, full, precisions=("fp32",), kinds=("dynamic",), plugin=lambda: (False, "no plugin here")
     )
     assert [j.engine_file for j in jobs] == ["tiny_dynamic_fp32.engine"]
-    assert {s["onnx_file"]: s["reason"] for s in skipped}["tiny_dynamic_plugin_fp32.onnx"] == "no plugin here"
+    assert {s["source_file"]: s["reason"] for s in skipped}["tiny_dynamic_plugin_fp32.onnx"] == "no plugin here"
 
 
 def test_plugin_status_says_why_there_is_no_plugin_without_full_tensorrt() -> None:
@@ -353,12 +358,12 @@ def test_plugin_status_says_why_there_is_no_plugin_without_full_tensorrt() -> No
     assert available is False and "plugin" in why
 
 
-def test_check_engine_dir_imports_neither_torch_nor_onnx_nor_tensorrt(engine_dir) -> None:
+def test_reading_an_engine_manifest_imports_neither_torch_nor_onnx_nor_tensorrt(engine_dir) -> None:
     code = (
-        "import sys; from sppnet.export.build import check_engine_dir; "
-        f"m = check_engine_dir({str(engine_dir)!r}); "
+        "import sys; from sppnet.core.manifest import read_engine_manifest; "
+        f"m = read_engine_manifest({str(engine_dir)!r}); "
         "heavy = sorted({'torch', 'onnx', 'tensorrt', 'tensorrt_rtx'} & set(sys.modules)); "
-        "print(len(m['files']), heavy)"
+        "print(len(m.files), heavy)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split("\n")[0] == "6 []"
@@ -366,30 +371,28 @@ def test_check_engine_dir_imports_neither_torch_nor_onnx_nor_tensorrt(engine_dir
 
 def test_engine_files_are_tensorrt_rtx_plans(engine_dir) -> None:
     # What TensorRT-RTX 1.x writes starts with the tag b"vtrt"; a file of anything else was not built by it.
-    for entry in check_engine_dir(engine_dir)["files"]:
-        assert (engine_dir / entry["file"]).read_bytes()[:4] == b"vtrt"
+    for entry in read_engine_manifest(engine_dir).files:
+        assert (engine_dir / entry.file).read_bytes()[:4] == b"vtrt"
 
 
 def test_the_real_zf5_cpu_export_builds_with_tensorrt_rtx(rtx, onnx_dir, tmp_path) -> None:
-    # onnx_dir: the shared conftest's export of a trained zf5_cpu (fixed scales and the dynamic model; fp32, fp16).
-    source = read_manifest(onnx_dir, "sppnet-onnx")
-    manifest = check_engine_dir(build_engines(onnx_dir, tmp_path / "engines", builder="tensorrt_rtx").parent)
-    built = sorted(e["onnx_file"] for e in manifest["files"])
-    assert built == sorted(f["file"] for f in source["files"] if f["spp_form"] != "plugin")
-    assert {e["kind"] for e in manifest["files"]} == {"fixed", "dynamic"}
-    assert sorted(s["onnx_file"] for s in manifest["skipped"]) == sorted(
-        f["file"] for f in source["files"] if f["spp_form"] == "plugin"
-    )
-    scales = [f["scale"] for f in source["files"] if f["kind"] == "fixed"]
-    sizes = source["sizes"]
+    # onnx_dir: the shared conftest's export of a trained zf5_cpu (fixed scales, the dynamic model in both forms).
+    source = read_export_manifest(onnx_dir)
+    manifest = read_engine_manifest(build_engines(onnx_dir, tmp_path / "engines", builder="tensorrt_rtx").parent)
+    plugin = sorted(f.file for f in source.files if f.spp_form == "plugin")
+    assert plugin == ["zf5_cpu_dynamic_plugin_fp16.onnx", "zf5_cpu_dynamic_plugin_fp32.onnx"]
+    assert sorted(e.source_file for e in manifest.files) == sorted(f.file for f in source.files if f.file not in plugin)
+    assert {e.kind for e in manifest.files} == {"fixed", "dynamic"}
+    assert sorted(s["source_file"] for s in manifest.skipped) == plugin
+    scales = [f.scale for f in source.files if f.kind == "fixed"]
     expected = dynamic_profiles(
-        min_size=sizes["min"],
-        max_size=sizes["max"],
+        min_size=source.sizes.min,
+        max_size=source.sizes.max,
         scales=scales,
-        opt_batch=source["opt_batch"],
-        max_batch=source["max_batch"],
+        opt_batch=source.opt_batch,
+        max_batch=source.max_batch,
     )
-    assert len(expected) == 2 and expected[1].max[2:] == (sizes["max"], sizes["max"])  # scales are below max size
-    for entry in manifest["files"]:
-        if entry["kind"] == "dynamic":
-            assert engine_profiles(entry) == expected
+    assert len(expected) == 2 and expected[1].max[2:] == (source.sizes.max,) * 2  # scales are below max size
+    for entry in manifest.files:
+        if entry.kind == "dynamic":
+            assert entry.profiles == tuple(expected)

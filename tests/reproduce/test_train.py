@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from sppnet.core.manifest import read_run_info
 from sppnet.core.networks import get_network
 from sppnet.core.preprocess import resize_to
-from sppnet.core.runs import load_model, read_model_info
+from sppnet.core.runs import load_model
 from sppnet.reproduce.builtin_data import make_classification_dataset
 from sppnet.reproduce.train import Context, TrainConfig, _batches, load_data, train
 
@@ -106,19 +107,19 @@ def test_the_run_directory_holds_weights_description_metrics_and_a_loadable_mode
 ) -> None:
     run = tmp_path / "run"
     train(config(epochs=2), data_dir, run, log=lambda _: None)
-    info = read_model_info(run)
-    assert info["network"] == "zf5_cpu" and info["model"]["levels"] == [6, 3, 2, 1]
-    assert info["classes"] == sorted(p.name for p in (data_dir / "train").iterdir())
-    assert info["preprocess"]["crop"] == 64 and info["preprocess"]["scale"] == 1 / 64
+    card = read_run_info(run).card
+    assert card.network == "zf5_cpu" and card.levels == (6, 3, 2, 1)
+    assert list(card.classes) == sorted(p.name for p in (data_dir / "train").iterdir())
+    assert card.preprocess.crop == 64 and card.preprocess.scale == 1 / 64
     model = load_model(run)
     assert not model.training
-    assert model(torch.zeros(2, 3, 80, 50)).shape == (2, len(info["classes"]))
+    assert model(torch.zeros(2, 3, 80, 50)).shape == (2, len(card.classes))
     (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes()[:-10])
     with pytest.raises(ValueError, match="sha256"):
         load_model(run)
     info_text = (run / "model.json").read_text()
-    (run / "model.json").write_text(json.dumps({"format": "sppnet-model"}))
-    with pytest.raises(ValueError, match="lacks model, classes, preprocess, weights"):
+    (run / "model.json").write_text(json.dumps({"format": "sppnet-model", "version": 2}))
+    with pytest.raises(ValueError, match="lacks 'model'"):
         load_model(run)
     (run / "model.json").write_text(info_text[: len(info_text) // 2])
     with pytest.raises(ValueError, match="unreadable"):
@@ -204,4 +205,4 @@ def test_every_cpu_preset_trains_multi_size_and_with_no_spp(name: str, data_dir:
     assert all(np.isfinite(row["train_loss"]) for row in history)
     baseline = config(model=name, spp=False, sizes=(64,), epochs=1, preprocess=pre)
     train(baseline, data_dir, tmp_path / "nospp", log=lambda _: None)
-    assert read_model_info(tmp_path / "nospp")["model"]["spp"] is False
+    assert read_run_info(tmp_path / "nospp").card.spp is False

@@ -1,6 +1,8 @@
 """The TensorRT backend's plain logic (compatibility, buffer sizes, profile choice, graph keys, cache paths, CUDA
 status checks) and every refusal that happens before a GPU is touched, on a real TensorRT-RTX engine directory
 built here on the CPU. The engine-vs-ONNX Runtime test runs only where a CUDA GPU and the builder module are present.
+The stand-ins at the end (a fake TensorRT module and a numpy CUDA) are shared with tests/engines/backends/
+test_contract.py.
 """
 
 from __future__ import annotations
@@ -10,17 +12,31 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sppnet.engines.backends.base import OutOfMemory, RunnerError
+from sppnet.core.errors import BackendError, DeviceUnavailable, OutOfMemory
+from sppnet.core.manifest import (
+    Builder,
+    EngineManifest,
+    ModelCard,
+    ModelFile,
+    SizeRange,
+    Weights,
+    read_engine_manifest,
+)
+from sppnet.core.networks import ModelConfig
+from sppnet.core.preprocess import Preprocess
+from sppnet.core.profiles import dynamic_profiles, fixed_profile, profile_for
+from sppnet.engines.backends.cuda import NO_GPU_FIX, check_cuda
 from sppnet.engines.backends.trt import (
     RUNTIME_CACHE_SUFFIX,
     TensorRTRunner,
     buffer_plan,
-    check_cuda,
     check_engine_compatibility,
     deserialize_engine,
     failure,
@@ -30,14 +46,19 @@ from sppnet.engines.backends.trt import (
     runtime_cache_path,
     select_profile,
 )
-from sppnet.export.build import build_engines, check_engine_dir, engine_profiles
+from sppnet.export.build import build_engines
 from sppnet.export.onnx_export import ExportConfig, export_onnx, source_untrained
-from sppnet.export.profiles import dynamic_profiles, fixed_profile, profile_for
-from sppnet.export.trt_builder import load_backend
+from sppnet.export.trt_module import load_backend
 
 REBUILD = "rebuild with `sppnet build --onnx DIR --out ENGINE_DIR` on/for this machine"
-RTX = {"module": "tensorrt_rtx", "version": "1.7.1.116"}
+RTX = Builder("tensorrt_rtx", "1.7.1.116")
 RTX_TARGET = {"compute_capabilities": ["8.0", "8.6", "8.9", "12.0"], "and_later": True, "set_by": "default"}
+
+
+def engine_manifest(builder: Builder, target: dict) -> EngineManifest:
+    """An engine manifest listing no engines: what the compatibility check reads (builder and target)."""
+    card = ModelCard("zf5_cpu", ModelConfig("zf5_cpu", num_classes=1), ("a",), Preprocess(), Weights("0" * 64))
+    return EngineManifest(card, SizeRange(39, 224, 16, ()), 8, 4, (), builder, "onnx", "0" * 64, target)
 
 
 def gpu_available() -> bool:
@@ -67,58 +88,55 @@ def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_an_engine_dir_from_the_same_builder_for_this_gpu_is_accepted() -> None:
-    manifest = {"builder": RTX, "target": RTX_TARGET}
+    manifest = engine_manifest(RTX, RTX_TARGET)
     for capability in ("8.0", "8.6", "8.9", "12.0", "9.0", "10.0", "12.1"):  # listed, or later (and_later)
         check_engine_compatibility(manifest, "tensorrt_rtx", "1.7.1.116", capability)
     check_engine_compatibility(manifest, "tensorrt_rtx", "1.7.1.116", None)  # no GPU known: versions only
 
 
 def test_another_builder_module_or_version_is_refused_with_the_rebuild_command() -> None:
-    manifest = {"builder": RTX, "target": RTX_TARGET}
-    with pytest.raises(ValueError) as e:
+    manifest = engine_manifest(RTX, RTX_TARGET)
+    with pytest.raises(BackendError) as e:
         check_engine_compatibility(manifest, "tensorrt", "10.13.0", "9.0")
     assert one_line(e) == (
         f"the engines were built by tensorrt_rtx 1.7.1.116 but this runtime has tensorrt 10.13.0: {REBUILD}"
     )
     with pytest.raises(
-        ValueError, match=r"built by tensorrt_rtx 1\.7\.1\.116 but this runtime has tensorrt_rtx 1\.8\.0"
+        BackendError, match=r"built by tensorrt_rtx 1\.7\.1\.116 but this runtime has tensorrt_rtx 1\.8\.0"
     ):
         check_engine_compatibility(manifest, "tensorrt_rtx", "1.8.0", "8.6")
 
 
 def test_a_gpu_outside_the_targets_is_refused_respecting_and_later() -> None:
-    listed = {"builder": RTX, "target": {"compute_capabilities": ["8.6", "8.9"], "and_later": False}}
+    listed = engine_manifest(RTX, {"compute_capabilities": ["8.6", "8.9"], "and_later": False})
     check_engine_compatibility(listed, "tensorrt_rtx", "1.7.1.116", "8.9")
     for capability in ("8.0", "9.0", "12.0"):
-        with pytest.raises(ValueError) as e:
+        with pytest.raises(BackendError) as e:
             check_engine_compatibility(listed, "tensorrt_rtx", "1.7.1.116", capability)
         assert one_line(e) == (
             f"the engines target compute capability 8.6, 8.9 but this GPU is {capability}: {REBUILD} "
             f"(TensorRT-RTX: add --compute-capability {capability})"
         )
-    later = {"builder": RTX, "target": RTX_TARGET}
+    later = engine_manifest(RTX, RTX_TARGET)
     with pytest.raises(
-        ValueError, match=r"target compute capability 8\.0, 8\.6, 8\.9, 12\.0 and later but this GPU is 7\.5"
+        BackendError, match=r"target compute capability 8\.0, 8\.6, 8\.9, 12\.0 and later but this GPU is 7\.5"
     ):
         check_engine_compatibility(later, "tensorrt_rtx", "1.7.1.116", "7.5")
 
 
 def test_full_tensorrt_targets_the_building_gpu_so_only_versions_are_checked() -> None:
-    manifest = {
-        "builder": {"module": "tensorrt", "version": "10.13.0"},
-        "target": {"compute_capabilities": None, "set_by": "the building GPU"},
-    }
+    manifest = engine_manifest(
+        Builder("tensorrt", "10.13.0"), {"compute_capabilities": None, "set_by": "the building GPU"}
+    )
     check_engine_compatibility(manifest, "tensorrt", "10.13.0", "9.0")
-    with pytest.raises(ValueError, match=r"built by tensorrt 10\.13\.0 but this runtime has tensorrt 10\.14\.1"):
+    with pytest.raises(BackendError, match=r"built by tensorrt 10\.13\.0 but this runtime has tensorrt 10\.14\.1"):
         check_engine_compatibility(manifest, "tensorrt", "10.14.1", "9.0")
 
 
-def test_malformed_manifests_and_capabilities_are_one_line_errors() -> None:
-    with pytest.raises(ValueError) as e:
-        check_engine_compatibility({}, "tensorrt_rtx", "1.7.1.116", "8.6")
+def test_a_manifest_without_targets_and_malformed_capabilities_are_one_line_errors() -> None:
+    with pytest.raises(BackendError, match="records no target GPUs") as e:
+        check_engine_compatibility(engine_manifest(RTX, {}), "tensorrt_rtx", "1.7.1.116", "8.6")
     assert one_line(e).endswith(REBUILD)
-    with pytest.raises(ValueError, match="records no target GPUs"):
-        check_engine_compatibility({"builder": RTX}, "tensorrt_rtx", "1.7.1.116", "8.6")
     for bad in ("86", "8.x", "", "sm_86"):
         with pytest.raises(ValueError, match=r"not of the form MAJOR\.MINOR"):
             parse_capability(bad)
@@ -126,10 +144,10 @@ def test_malformed_manifests_and_capabilities_are_one_line_errors() -> None:
 
 
 def test_the_real_manifest_passes_for_its_own_builder(engine_dir: Path) -> None:
-    manifest = check_engine_dir(engine_dir)
-    backend = load_backend(manifest["builder"]["module"])
+    manifest = read_engine_manifest(engine_dir)
+    backend = load_backend(manifest.builder.module)
     check_engine_compatibility(manifest, backend.name, backend.version, "8.6")
-    with pytest.raises(ValueError, match=r"this GPU is 7\.5"):
+    with pytest.raises(BackendError, match=r"this GPU is 7\.5"):
         check_engine_compatibility(manifest, backend.name, backend.version, "7.5")
 
 
@@ -152,18 +170,18 @@ def test_the_requested_profile_is_checked_and_a_better_one_named() -> None:
     profiles = dynamic_profiles(min_size=39, max_size=224, scales=[(112, 112), (90, 90)], opt_batch=4, max_batch=8)
     assert select_profile(profiles, 0, (8, 3, 100, 112)) == 0
     assert select_profile(profiles, 1, (2, 3, 224, 39)) == 1
-    with pytest.raises(RunnerError) as e:
+    with pytest.raises(BackendError) as e:
         select_profile(profiles, 0, (1, 3, 200, 150))
     assert one_line(e).endswith("profile 1 (39x39..224x224 (batch 1..2)) takes it: pass profile=1")
-    with pytest.raises(RunnerError, match="split the batch to at most 2"):
+    with pytest.raises(BackendError, match="split the batch to at most 2"):
         select_profile(profiles, 1, (3, 3, 200, 200))
-    with pytest.raises(RunnerError, match="resize the input into a profile's range"):
+    with pytest.raises(BackendError, match="resize the input into a profile's range"):
         select_profile(profiles, 1, (1, 3, 225, 100))
-    with pytest.raises(RunnerError, match=r"profile 2 does not exist: this engine has profiles 0\.\.1"):
+    with pytest.raises(BackendError, match=r"profile 2 does not exist: this engine has profiles 0\.\.1"):
         select_profile(profiles, 2, (1, 3, 100, 100))
     fixed = [fixed_profile(112, 112, opt_batch=4, max_batch=8)]
     for shape in ((1, 3, 112, 113), (1, 1, 112, 112), (9, 3, 112, 112), (3, 112, 112)):
-        with pytest.raises(RunnerError):
+        with pytest.raises(BackendError):
             select_profile(fixed, 0, shape)
 
 
@@ -198,6 +216,8 @@ def test_the_runtime_cache_file_sits_beside_its_engine(tmp_path: Path) -> None:
 class FakeCudaError(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorMemoryAllocation = 2
+    cudaErrorInsufficientDriver = 35
+    cudaErrorNoDevice = 100
     cudaErrorLaunchFailure = 719
 
 
@@ -205,19 +225,28 @@ def test_cuda_results_are_unpacked_and_errors_named() -> None:
     assert check_cuda((FakeCudaError.cudaSuccess,), "cudaFree") is None
     assert check_cuda((FakeCudaError.cudaSuccess, 1234), "cudaMalloc") == 1234
     assert check_cuda((FakeCudaError.cudaSuccess, 1, 2), "cudaMemGetInfo") == (1, 2)
-    with pytest.raises(RunnerError) as e:
+    with pytest.raises(BackendError) as e:
         check_cuda((FakeCudaError.cudaErrorLaunchFailure,), "cudaStreamSynchronize")
     assert one_line(e) == (
         "CUDA cudaStreamSynchronize failed with cudaErrorLaunchFailure: check the GPU and its driver (nvidia-smi)"
     )
-    assert not isinstance(e.value, OutOfMemory)
+    assert not isinstance(e.value, (OutOfMemory, DeviceUnavailable))
     with pytest.raises(OutOfMemory, match="CUDA cudaMalloc failed with cudaErrorMemoryAllocation: use smaller batches"):
         check_cuda((FakeCudaError.cudaErrorMemoryAllocation, None), "cudaMalloc")
 
 
+@pytest.mark.parametrize("error", [FakeCudaError.cudaErrorInsufficientDriver, FakeCudaError.cudaErrorNoDevice])
+def test_no_usable_gpu_is_its_own_error_naming_the_cpu_alternative(error: FakeCudaError) -> None:
+    # What `sppnet infer --engines ENGINE_DIR` meets on a machine without a GPU (issue 10): one line, the fix included.
+    with pytest.raises(DeviceUnavailable) as e:
+        check_cuda((error,), "cudaSetDevice")
+    assert one_line(e) == f"no usable CUDA GPU (CUDA cudaSetDevice failed with {error.name}): {NO_GPU_FIX}"
+    assert "--engines ONNX_DIR" in NO_GPU_FIX
+
+
 def test_tensorrt_failures_carry_its_messages_and_map_out_of_memory() -> None:
     plain = failure("x.engine: execute_async_v3 failed", ["[executionContext.cpp::enqueueV3] Error Code 1: bad"])
-    assert type(plain) is RunnerError and str(plain).endswith("Error Code 1: bad")
+    assert type(plain) is BackendError and str(plain).endswith("Error Code 1: bad")
     assert isinstance(failure("no context", ["Error Code 2: OutOfMemory (Requested size was 8 bytes.)"]), OutOfMemory)
     assert isinstance(failure("no context", ["cudaErrorMemoryAllocation"]), OutOfMemory)
     assert isinstance(failure("refuses it [INVALID (INSUFFICIENT_GPU_MEMORY)]", []), OutOfMemory)
@@ -227,13 +256,13 @@ def test_tensorrt_failures_carry_its_messages_and_map_out_of_memory() -> None:
 def test_tensorrt_rtx_refusing_to_deserialise_is_one_line_with_its_own_words(engine_dir: Path) -> None:
     if gpu_available():
         pytest.skip("a GPU is present: the engine deserialises (the GPU test covers it)")
-    manifest = check_engine_dir(engine_dir)
-    entry = manifest["files"][0]
-    backend = load_backend(manifest["builder"]["module"])
-    with pytest.raises(RunnerError) as e:
-        deserialize_engine(backend, (engine_dir / entry["file"]).read_bytes(), entry["file"])
+    manifest = read_engine_manifest(engine_dir)
+    entry = manifest.files[0]
+    backend = load_backend(manifest.builder.module)
+    with pytest.raises(BackendError) as e:
+        deserialize_engine(backend, (engine_dir / entry.file).read_bytes(), entry.file)
     text = one_line(e)
-    assert text.startswith(f"{backend.describe()} refuses {entry['file']} on this machine [INVALID")
+    assert text.startswith(f"{backend.describe()} refuses {entry.file} on this machine [INVALID")
     assert ": " in text and not text.endswith(": no message")  # TensorRT-RTX's own reason follows
 
 
@@ -241,9 +270,9 @@ def test_tensorrt_rtx_refusing_to_deserialise_is_one_line_with_its_own_words(eng
 
 
 def runner_for(engine_dir: Path, index: int = 0, **options: object) -> TensorRTRunner:
-    manifest = check_engine_dir(engine_dir)
-    entry = manifest["files"][index]
-    return TensorRTRunner(engine_dir / entry["file"], manifest, entry, **options)
+    manifest = read_engine_manifest(engine_dir)
+    entry = manifest.files[index]
+    return TensorRTRunner(engine_dir / entry.file, manifest, entry, **options)
 
 
 def test_a_tampered_engine_is_refused_before_anything_is_loaded(engine_dir: Path, tmp_path: Path) -> None:
@@ -253,7 +282,7 @@ def test_a_tampered_engine_is_refused_before_anything_is_loaded(engine_dir: Path
     data[len(data) // 2] ^= 0xFF
     copy.write_bytes(bytes(data))
     tampered = TensorRTRunner(copy, runner.manifest, runner.entry)
-    with pytest.raises(RunnerError) as e:
+    with pytest.raises(BackendError) as e:
         tampered.activate()
     assert one_line(e) == (
         f"{copy} does not match its manifest (sha256 differs): "
@@ -264,7 +293,7 @@ def test_a_tampered_engine_is_refused_before_anything_is_loaded(engine_dir: Path
 
 def test_engines_of_a_builder_this_machine_lacks_are_refused(engine_dir: Path) -> None:
     runner = runner_for(engine_dir)
-    manifest = json.loads(json.dumps(runner.manifest)) | {"builder": {"module": "tensorrt", "version": "10.13.0"}}
+    manifest = replace(runner.manifest, builder=Builder("tensorrt", "10.13.0"))
     foreign = TensorRTRunner(runner.path, manifest, runner.entry)
     try:
         import tensorrt  # noqa: F401
@@ -272,7 +301,7 @@ def test_engines_of_a_builder_this_machine_lacks_are_refused(engine_dir: Path) -
         pytest.skip("full TensorRT is installed here")
     except ImportError:
         pass
-    with pytest.raises(RunnerError) as e:
+    with pytest.raises(BackendError) as e:
         foreign.activate()
     assert one_line(e).startswith(
         f"cannot run {runner.path.name}: no TensorRT builder could be imported (tried tensorrt"
@@ -283,14 +312,14 @@ def test_without_a_gpu_activation_fails_in_one_line_and_leaves_nothing_behind(en
     if gpu_available():
         pytest.skip("a GPU is present")
     runner = runner_for(engine_dir, cuda_api="torch")
-    with pytest.raises(RunnerError) as e:
+    with pytest.raises(DeviceUnavailable) as e:
         runner.activate()
-    assert "sees no CUDA device (torch.cuda.is_available() is False)" in one_line(e)
+    assert one_line(e).endswith(f"sees no CUDA device (torch.cuda.is_available() is False): {NO_GPU_FIX}")
     assert not runner.is_active and runner._slots == [] and runner._engine is None
-    with pytest.raises(RunnerError, match="is not active"):
+    with pytest.raises(BackendError, match="is not active"):
         runner.infer({"image": np.zeros((1, 3, 112, 112), np.float32)})
     runner.deactivate()  # idempotent on an inactive runner
-    with pytest.raises(RunnerError, match="unknown CUDA API 'pycuda': choose one of cuda-python, torch"):
+    with pytest.raises(BackendError, match="unknown CUDA API 'pycuda': choose one of cuda-python, torch"):
         runner_for(engine_dir, cuda_api="pycuda").activate()
 
 
@@ -299,9 +328,10 @@ def test_without_a_gpu_cuda_python_names_the_failing_call(engine_dir: Path) -> N
     if gpu_available():
         pytest.skip("a GPU is present")
     runner = runner_for(engine_dir, cuda_api="cuda-python")
-    with pytest.raises(RunnerError, match=r"^CUDA cudaSetDevice failed with cudaError\w+: check the GPU") as e:
+    with pytest.raises(DeviceUnavailable) as e:
         runner.activate()
-    one_line(e)
+    assert one_line(e).startswith("no usable CUDA GPU (CUDA cudaSetDevice failed with cudaError")
+    assert one_line(e).endswith(f"): {NO_GPU_FIX}")
 
 
 def test_the_backend_module_imports_neither_torch_nor_tensorrt() -> None:
@@ -319,14 +349,14 @@ def test_the_backend_module_imports_neither_torch_nor_tensorrt() -> None:
 def test_gpu_check_cases_stay_within_the_profile_they_name(engine_dir: Path) -> None:
     from sppnet.engines.gpu_check import parity_cases
 
-    manifest = check_engine_dir(engine_dir)
-    for entry in manifest["files"]:
-        profiles = engine_profiles(entry)
+    manifest = read_engine_manifest(engine_dir)
+    for entry in manifest.files:
+        profiles = list(entry.profiles)
         cases = parity_cases(entry, 24, 0)
         for profile, batch, h, w in cases:
             assert select_profile(profiles, profile, (batch, 3, h, w)) == profile
-        if entry["kind"] == "fixed":
-            assert cases == [(0, 1, *entry["scale"]), (0, 8, *entry["scale"])]
+        if entry.kind == "fixed":
+            assert cases == [(0, 1, *entry.scale), (0, 8, *entry.scale)]
         else:
             assert len(cases) > 24 and {c[0] for c in cases} == {0, 1} and (1, 2, 168, 168) in cases
 
@@ -341,7 +371,8 @@ def test_gpu_check_fails_in_one_line_without_a_gpu_or_with_the_wrong_export(
     onnx_dir = engine_dir.parent / "onnx"
     assert main(["--engines", str(engine_dir), "--onnx", str(onnx_dir), "--cuda-api", "torch"]) == 1
     out, err = capsys.readouterr()
-    assert err.startswith("gpu_check: no usable CUDA GPU: torch ") and err.count("\n") == 1
+    assert err.startswith("gpu_check: torch ") and err.count("\n") == 1
+    assert err.rstrip().endswith(f"sees no CUDA device (torch.cuda.is_available() is False): {NO_GPU_FIX}")
     report = json.loads(out)
     assert report["error"] == err.removeprefix("gpu_check: ").strip() and report["engines"] == []
     assert report["builder"]["module"] == "tensorrt_rtx"
@@ -365,26 +396,28 @@ def test_every_engine_matches_onnx_runtime_on_the_gpu(engine_dir: Path, tmp_path
         pytest.skip(
             "needs a CUDA GPU (torch.cuda.is_available() is False); run python -m sppnet.engines.gpu_check there"
         )
-    from sppnet.engines.parity import TOLERANCE, compare, onnx_session, random_images
+    from sppnet.engines.backends.onnxrt import OnnxRuntimeRunner, SessionFromOnnx
+    from sppnet.engines.compare import compare
+    from sppnet.engines.parity import random_images
 
     engines = Path(shutil.copytree(engine_dir, tmp_path / "engines"))  # the runtime cache is written beside them
-    manifest = check_engine_dir(engines)
-    load_backend(manifest["builder"]["module"])
-    onnx_dir = Path(manifest["onnx"]["dir"])
+    manifest = read_engine_manifest(engines)
+    load_backend(manifest.builder.module)
+    onnx_dir = Path(manifest.source_dir)
     rng = np.random.default_rng(0)
-    for entry in manifest["files"]:
-        session = onnx_session(onnx_dir / entry["onnx_file"])
-        profiles = engine_profiles(entry)
-        with TensorRTRunner(engines / entry["file"], manifest, entry) as runner:
-            for index, profile in enumerate(profiles):
+    for entry in manifest.files:
+        reference = OnnxRuntimeRunner(SessionFromOnnx(onnx_dir / entry.source_file, providers=["CPUExecutionProvider"]))
+        with TensorRTRunner(engines / entry.file, manifest, entry) as runner, reference:
+            for index, profile in enumerate(entry.profiles):
                 h, w = profile.opt[2], profile.opt[3]
                 for batch in (1, profile.max_batch, 1):  # the repeat replays the graph captured on first use
                     x = random_images(rng, batch, h, w, 1 / 64)
                     got = runner.infer({"image": x}, index)["logits"]
-                    row = compare(entry["file"], entry["precision"], (h, w), got, session.run(None, {"image": x})[0])
-                    assert row.max_rel <= TOLERANCE[entry["precision"]], row
-        if manifest["builder"]["module"] == "tensorrt_rtx":
-            assert (engines / (Path(entry["file"]).stem + RUNTIME_CACHE_SUFFIX)).is_file()
+                    want = reference.infer({"image": x})["logits"]
+                    row = compare(got, want, name=entry.file, precision=entry.precision, size=(h, w))
+                    assert row.ok, row
+        if manifest.builder.module == "tensorrt_rtx":
+            assert (engines / (Path(entry.file).stem + RUNTIME_CACHE_SUFFIX)).is_file()
 
 
 # ---------------------------------------------------------------- the runner's control flow, on fakes
@@ -482,8 +515,13 @@ class FakeCuda:
         del self.graphs[graph]
 
 
+def expected_logits(x: np.ndarray) -> np.ndarray:
+    """What a fake engine computes unless told otherwise: logits[n, k] = (k + 1) * sum(x[n]), ten classes."""
+    return (x.reshape(len(x), -1).sum(1, keepdims=True) * np.arange(1, 11)).astype(np.float32)
+
+
 class FakeContext:
-    """logits[n, k] = (k + 1) * sum(input[n]), read from and written to the bound fake device memory."""
+    """Runs its engine's function on the input in the bound fake device memory and writes the logits back."""
 
     def __init__(self, engine: FakeEngine) -> None:
         self.engine, self.addresses, self.profile, self.shape = engine, {}, None, None
@@ -511,7 +549,7 @@ class FakeContext:
         self.executions += 1
         count = int(np.prod(self.shape))
         x = self.engine.cuda.memory[self.addresses["image"]][: 4 * count].view(np.float32).reshape(self.shape)
-        logits = x.reshape(self.shape[0], -1).sum(1, keepdims=True) * np.arange(1, self.engine.classes + 1)
+        logits = self.engine.function(x)
         out = self.engine.cuda.memory[self.addresses["logits"]]
         out[: logits.size * 4] = logits.astype(np.float32).reshape(-1).view(np.uint8)
         return True
@@ -544,9 +582,12 @@ class FakeRuntimeConfig:
 
 
 class FakeEngine:
-    def __init__(self, runtime: object, entry: dict) -> None:
-        self.logger, self.cuda, self.classes = runtime.logger, runtime.cuda, 10
-        self.profiles = engine_profiles(entry)
+    """An engine of the listed entry: its profiles, float32 IO named image and logits, and `function` as its math."""
+
+    def __init__(self, runtime: object, entry: ModelFile, function: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.logger, self.cuda, self.classes = runtime.logger, runtime.cuda, runtime.classes
+        self.function = function
+        self.profiles = list(entry.profiles)
         self.num_io_tensors, self.num_optimization_profiles = 2, len(self.profiles)
         self.contexts: list[FakeContext] = []
         self.configs: list[FakeRuntimeConfig] = []
@@ -574,13 +615,24 @@ class FakeEngine:
         return self.contexts[-1]
 
 
-def fake_trt(name: str, version: str, cuda: FakeCuda, entries: list[dict]) -> object:
-    """A TensorRT module whose runtime deserialises the listed engines (known by sha256) as FakeEngines."""
+def fake_trt(
+    name: str,
+    version: str,
+    cuda: FakeCuda,
+    entries: Sequence[ModelFile],
+    *,
+    classes: int = 10,
+    compute: Callable[[bytes], Callable[[np.ndarray], np.ndarray]] | None = None,
+) -> object:
+    """A TensorRT module whose runtime deserialises the listed engines (known by sha256) as FakeEngines.
+
+    `compute(data)` gives an engine's function from its serialised bytes (default: `expected_logits`).
+    """
     import types
 
     from sppnet.core.atomic import sha256
 
-    by_hash = {e["sha256"]: e for e in entries}
+    by_hash = {e.sha256: e for e in entries}
     module = types.ModuleType(name)
     module.__version__ = version
     module.Builder = object
@@ -591,11 +643,12 @@ def fake_trt(name: str, version: str, cuda: FakeCuda, entries: list[dict]) -> ob
 
     class FakeRuntime:
         def __init__(self, logger: object) -> None:
-            self.logger, self.cuda = logger, cuda
+            self.logger, self.cuda, self.classes = logger, cuda, classes
             module.engines = []
 
         def deserialize_cuda_engine(self, data: bytes) -> FakeEngine:
-            module.engines.append(FakeEngine(self, by_hash[sha256(data)]))
+            function = compute(data) if compute is not None else expected_logits
+            module.engines.append(FakeEngine(self, by_hash[sha256(data)], function))
             return module.engines[-1]
 
     module.Runtime = FakeRuntime
@@ -605,28 +658,37 @@ def fake_trt(name: str, version: str, cuda: FakeCuda, entries: list[dict]) -> ob
 @pytest.fixture
 def faked(engine_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """A factory of runners over the real engine files whose TensorRT module and CUDA API are the fakes above."""
-    from sppnet.engines.backends import trt as backend_tensorrt
-    from sppnet.export import trt_builder
-    from sppnet.export.trt_builder import Backend
-
-    monkeypatch.setattr(trt_builder, "_LOGGERS", {})  # fake modules must not leave loggers behind
 
     def make(module: str = "tensorrt", kind: str = "fixed", cuda: FakeCuda | None = None, **options: object):
-        cuda = cuda or FakeCuda()
-        manifest = json.loads(json.dumps(check_engine_dir(engine_dir)))
-        manifest["builder"] = {"module": module, "version": "10.99"}
-        manifest["target"] = {"compute_capabilities": None} if module == "tensorrt" else RTX_TARGET
-        entry = next(e for e in manifest["files"] if e["kind"] == kind)
-        trt = fake_trt(module, "10.99", cuda, manifest["files"])
-        monkeypatch.setattr(backend_tensorrt, "load_backend", lambda name: Backend(trt))
-        monkeypatch.setattr(backend_tensorrt, "load_cuda", lambda api, device: cuda)
-        return TensorRTRunner(engine_dir / entry["file"], manifest, entry, **options), cuda, trt
+        manifest = read_engine_manifest(engine_dir)
+        target = {"compute_capabilities": None} if module == "tensorrt" else RTX_TARGET
+        manifest = replace(manifest, builder=Builder(module, "10.99"), target=target)
+        entry = next(e for e in manifest.files if e.kind == kind)
+        cuda, trt = use_fakes(monkeypatch, module, "10.99", manifest.files, cuda)
+        return TensorRTRunner(engine_dir / entry.file, manifest, entry, **options), cuda, trt
 
     return make
 
 
-def expected_logits(x: np.ndarray) -> np.ndarray:
-    return (x.reshape(len(x), -1).sum(1, keepdims=True) * np.arange(1, 11)).astype(np.float32)
+def use_fakes(
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    version: str,
+    entries: Sequence[ModelFile],
+    cuda: FakeCuda | None = None,
+    **fake_options: object,
+) -> tuple[FakeCuda, object]:
+    """Make the TensorRT backend load a fake `module` (see `fake_trt`) and a FakeCuda; returns both."""
+    from sppnet.engines.backends import trt as backend_tensorrt
+    from sppnet.export import trt_module
+    from sppnet.export.trt_module import Backend
+
+    cuda = cuda or FakeCuda()
+    trt = fake_trt(module, version, cuda, entries, **fake_options)
+    monkeypatch.setattr(trt_module, "_LOGGERS", {})  # fake modules must not leave loggers behind
+    monkeypatch.setattr(backend_tensorrt, "load_backend", lambda name: Backend(trt))
+    monkeypatch.setattr(backend_tensorrt, "load_cuda", lambda api, device: cuda)
+    return cuda, trt
 
 
 def test_fixed_engines_copy_through_their_buffers_and_replay_one_graph_per_batch_size(faked) -> None:
@@ -640,11 +702,11 @@ def test_fixed_engines_copy_through_their_buffers_and_replay_one_graph_per_batch
             np.testing.assert_allclose(runner.infer({"image": x})["logits"], expected_logits(x), rtol=1e-5)
         assert cuda.captures == 3 and cuda.launches == 3  # batches 3, 8, 1 captured once; repeats replayed
         assert cuda.memory.keys() == allocated.keys()  # nothing allocated per call
-        with pytest.raises(RunnerError, match=r"takes float32 \(N, C, H, W\) input; got float64"):
+        with pytest.raises(BackendError, match=r"takes float32 \(N, C, H, W\) input; got float64"):
             runner.infer({"image": np.zeros((1, 3, 112, 112))})
-        with pytest.raises(RunnerError, match=r"takes one input 'image'; got \['x'\]"):
+        with pytest.raises(BackendError, match=r"takes inputs \['image'\]; got \['x'\]"):
             runner.infer({"x": np.zeros((1, 3, 112, 112), np.float32)})
-        with pytest.raises(RunnerError, match="outside profile 0"):
+        with pytest.raises(BackendError, match="outside profile 0"):
             runner.infer({"image": np.zeros((9, 3, 112, 112), np.float32)})
     assert cuda.memory == {} and cuda.streams == set() and cuda.graphs == {} and runner._engine is None
 
@@ -659,7 +721,7 @@ def test_dynamic_engines_keep_one_context_and_buffer_set_per_profile(faked) -> N
             x = np.random.default_rng(h).standard_normal((batch, 3, h, w)).astype(np.float32)
             np.testing.assert_allclose(runner.infer({"image": x}, profile)["logits"], expected_logits(x), rtol=1e-5)
         assert [c.executions for c in contexts] == [2, 2] and cuda.captures == 0
-        with pytest.raises(RunnerError, match="pass profile=1"):
+        with pytest.raises(BackendError, match="pass profile=1"):
             runner.infer({"image": np.zeros((1, 3, 200, 200), np.float32)}, 0)
     assert cuda.memory == {} and cuda.streams == set()
 
@@ -669,7 +731,7 @@ def test_a_failed_enqueue_says_why_and_out_of_memory_is_its_own_error(faked) -> 
     x = np.zeros((2, 3, 112, 112), np.float32)
     with runner:
         trt.engines[0].fail_execute = "[executionContext.cpp::enqueueV3::2666] Error Code 1: Cuda Runtime (bad)"
-        with pytest.raises(RunnerError) as e:
+        with pytest.raises(BackendError) as e:
             runner.infer({"image": x})
         assert one_line(e).endswith(
             "execute_async_v3 failed: [executionContext.cpp::enqueueV3::2666] Error Code 1: Cuda Runtime (bad)"
@@ -711,39 +773,43 @@ def test_tensorrt_rtx_uses_its_own_graphs_and_keeps_its_runtime_cache_beside_the
         assert off.info["runtime_cache"] == "off"
 
 
+def onnx_function(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The logits ONNX Runtime computes with the ONNX file at `path`: what an engine built from it computes."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"image": x})[0]
+
+
 def test_gpu_check_reports_parity_and_timings_for_every_engine_on_fakes(
     engine_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The script's plumbing only: the fake engine and a fake ONNX session compute the same function."""
+    """The script's plumbing: each fake engine runs its source ONNX file, which the script compares with ONNX
+    Runtime through the TensorRT runner's buffers, profiles and copies."""
+    from sppnet.core.atomic import sha256
     from sppnet.engines import gpu_check
-    from sppnet.engines.backends import trt as backend_tensorrt
-    from sppnet.export import trt_builder
-    from sppnet.export.trt_builder import Backend
 
     engines = Path(shutil.copytree(engine_dir, tmp_path / "engines"))  # the runtime caches are written beside them
-    manifest = check_engine_dir(engines)
-    cuda = FakeCuda()
-    trt = fake_trt("tensorrt_rtx", manifest["builder"]["version"], cuda, manifest["files"])
-    monkeypatch.setattr(trt_builder, "_LOGGERS", {})
-    monkeypatch.setattr(backend_tensorrt, "load_backend", lambda name: Backend(trt))
+    manifest = read_engine_manifest(engines)
+    sources = {e.sha256: Path(manifest.source_dir) / e.source_file for e in manifest.files}
+    cuda, _ = use_fakes(
+        monkeypatch,
+        "tensorrt_rtx",
+        manifest.builder.version,
+        manifest.files,
+        compute=lambda data: onnx_function(sources[sha256(data)]),
+    )
     monkeypatch.setattr(gpu_check, "load_cuda", lambda api, device: cuda)
-    monkeypatch.setattr(backend_tensorrt, "load_cuda", lambda api, device: cuda)
-
-    class Session:
-        def run(self, names: object, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-            return [expected_logits(feed["image"])]
-
-    monkeypatch.setattr(gpu_check, "_session", lambda path: Session())
     argv = ["--engines", str(engines), "--onnx", str(engine_dir.parent / "onnx"), "--repeat", "3", "--warmup", "1"]
     assert gpu_check.main([*argv, "--sizes", "5"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["device"] == {"name": "Fake GPU", "capability": "8.6", "cuda_api": "fake"}
-    assert [r["engine"] for r in report["engines"]] == [e["file"] for e in manifest["files"]]
+    assert [r["engine"] for r in report["engines"]] == [e.file for e in manifest.files]
     for record in report["engines"]:
-        assert record["parity"]["ok"] and record["parity"]["max_abs"] < 1e-3
+        assert record["parity"]["ok"] and record["parity"]["max_rel"] <= 1e-6  # the same ONNX file on both sides
         assert record["runner"]["graphs"] == ("tensorrt_rtx" if record["kind"] == "fixed" else "off")
         rows = [(t["profile"], t["batch"]) for t in record["timing"]]
         assert rows == ([(0, 1), (0, 8)] if record["kind"] == "fixed" else [(0, 1), (0, 8), (1, 1), (1, 2)])
         assert all(t["calls"] == 3 and t["images_per_s"] > 0 for t in record["timing"])
     assert cuda.memory == {} and cuda.streams == set()
-    assert len(list(engines.glob("*.runtime_cache"))) == len(manifest["files"])
+    assert len(list(engines.glob("*.runtime_cache"))) == len(manifest.files)

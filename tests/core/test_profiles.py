@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from sppnet.export.profiles import Profile, dynamic_profiles, fixed_profile, profile_for
+from sppnet.core.profiles import Profile, dynamic_profiles, fixed_profile, profile_for
 
 
 def test_fixed_profile_pins_the_size_and_spans_the_batch() -> None:

@@ -1,0 +1,130 @@
+"""`sppnet bench spp|export|runtime|detect|train`: benchmarks that print ratios measured side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sppnet.cli.args import parse_levels, parse_size_list, parse_sizes
+from sppnet.cli.detect import detect_arguments, detect_config
+from sppnet.cli.export import export_arguments, export_config
+from sppnet.core.bins import RULES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks that print ratios measured side by side in one run")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    spp = bench_sub.add_parser("spp", help="SPP forward+backward vs a per-bin loop and a single max-pool")
+    spp.add_argument(
+        "--sizes",
+        type=parse_size_list,
+        default=[(13, 13), (10, 10)],
+        metavar="HxW,...",
+        help="conv5 sizes (13x13,10x10: ZF-5 at 224/180)",
+    )
+    spp.add_argument("--batch", type=int, default=32)
+    spp.add_argument("--channels", type=int, default=256)
+    spp.add_argument("--levels", type=parse_levels, default=(6, 3, 2, 1))
+    spp.add_argument("--rule", choices=RULES, default="adaptive")
+    spp.add_argument("--repeats", type=int, default=20)
+    spp.add_argument("--json", action="store_true")
+    spp.set_defaults(run=bench_spp)
+
+    be = bench_sub.add_parser("export", help="ONNX export and engine build time per file, and sizes")
+    be.add_argument(
+        "--networks", type=lambda t: t.split(","), default=["zf5_cpu"], metavar="NAME,...", help="(zf5_cpu)"
+    )
+    export_arguments(be)
+    be.add_argument("--out", type=Path, default=Path("artifacts/bench-export"), metavar="DIR")
+    be.add_argument("--no-build", action="store_true", help="export only")
+    be.add_argument("--keep", action="store_true", help="keep the files (default: removed after timing)")
+    be.add_argument("--json", action="store_true")
+    be.set_defaults(run=bench_export)
+
+    br = bench_sub.add_parser("runtime", help="dispatcher vs direct model calls vs PyTorch eager, mixed sizes")
+    br.add_argument("--engines", required=True, metavar="DIR", help="an engine dir, ONNX export or run")
+    br.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto")
+    br.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    br.add_argument("--images", type=int, default=96, help="stream length (96; a third at the fixed scales)")
+    br.add_argument("--max-size", type=int, default=256, help="largest random side (256)")
+    br.add_argument("--repeats", type=int, default=9)
+    br.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
+    br.add_argument("--json", action="store_true")
+    br.set_defaults(run=bench_runtime)
+
+    bd = bench_sub.add_parser("detect", help="seconds per image: SPP 1 and 5 scales vs R-CNN mode (conv, fc)")
+    bd.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    bd.add_argument("--checkpoint", required=True, type=Path, metavar="RUN")
+    bd.add_argument("--repeats", type=int, default=3)
+    bd.add_argument("--json", action="store_true")
+    detect_arguments(bd)
+    bd.set_defaults(run=bench_detect)
+
+    bt = bench_sub.add_parser("train", help="training images/s per size, data loading vs compute")
+    bt.add_argument("--data", required=True, metavar="DIR", help="a dataset as `sppnet data make` writes it")
+    bt.add_argument("--model", default="zf5_cpu", metavar="NAME")
+    bt.add_argument("--sizes", type=parse_sizes, default=(112, 90))
+    bt.add_argument("--batch-size", type=int, default=64)
+    bt.add_argument("--batches", type=int, default=8, help="batches timed per part and size (8)")
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(run=bench_train)
+
+
+def bench_spp(args: argparse.Namespace) -> None:
+    from sppnet.reproduce.bench_spp import bench_spp, format_rows
+
+    rows = bench_spp(args.sizes, args.batch, args.channels, args.levels, args.rule, args.repeats)
+    text = format_rows(rows, args.batch, args.channels, args.levels)
+    print(json.dumps([r.to_json() for r in rows]) if args.json else text)
+
+
+def bench_export(args: argparse.Namespace) -> None:
+    from sppnet.core.errors import BuildError
+    from sppnet.export.bench_export import bench_export, format_rows
+    from sppnet.export.trt_module import load_backend
+
+    try:
+        builder = load_backend().describe()
+    except BuildError as e:
+        if not args.no_build:
+            raise
+        builder = f"none ({e})"
+    rows = bench_export(args.networks, args.out, config=export_config(args), build=not args.no_build, keep=args.keep)
+    print(json.dumps([r.to_json() for r in rows]) if args.json else format_rows(rows, builder))
+
+
+def bench_runtime(args: argparse.Namespace) -> None:
+    from sppnet.engines.bench_runtime import bench_runtime, format_bench
+
+    result = bench_runtime(
+        args.engines,
+        count=args.images,
+        repeats=args.repeats,
+        precision=args.precision,
+        backend=args.backend,
+        max_size=args.max_size,
+        torch_reference=not args.no_torch,
+    )
+    print(json.dumps(result.to_json()) if args.json else format_bench(result))
+
+
+def bench_detect(args: argparse.Namespace) -> None:
+    from sppnet.core.runs import load_model, load_preprocess
+    from sppnet.reproduce.detection.bench_detect import bench_detect, format_timings
+
+    model, pre = load_model(args.checkpoint), load_preprocess(args.checkpoint)
+    config = detect_config(args, pre.crop)
+    rows = bench_detect(model, pre, args.images, proposals=args.max_proposals, config=config, repeats=args.repeats)
+    print(json.dumps([r.to_json() for r in rows]) if args.json else format_timings(rows, len(args.images)))
+
+
+def bench_train(args: argparse.Namespace) -> None:
+    from sppnet.core.networks import get_network
+    from sppnet.reproduce.bench_train import bench_train, format_rows
+    from sppnet.reproduce.train import TrainConfig, load_data
+
+    preprocess = get_network(args.model).default_preprocess(args.sizes)
+    config = TrainConfig(model=args.model, sizes=args.sizes, batch_size=args.batch_size, preprocess=preprocess)
+    rows = bench_train(config, load_data(args.data, config), args.sizes, args.batches)
+    print(json.dumps([r.to_json() for r in rows]) if args.json else format_rows(rows, args.model))

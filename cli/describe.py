@@ -1,0 +1,35 @@
+"""`sppnet describe`: a network's layer table with output sizes and parameter counts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sppnet.cli.args import parse_levels, parse_size
+from sppnet.core.bins import RULES
+from sppnet.core.networks import NETWORKS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    desc = sub.add_parser("describe", help="print a network's layer table with output sizes and parameter counts")
+    desc.add_argument("network", metavar="NAME", help=f"one of: {', '.join(NETWORKS)}")
+    desc.add_argument("--size", type=parse_size, default=(224, 224), metavar="H[xW]", help="input size (224)")
+    desc.add_argument("--no-spp", action="store_true", help="the paper's no-SPP baseline (pool5 to 6x6)")
+    desc.add_argument("--classes", type=int, default=1000, help="fc8 outputs (1000)")
+    desc.add_argument("--levels", type=parse_levels, default=(6, 3, 2, 1), help="pyramid (6,3,2,1)")
+    desc.add_argument("--rule", choices=RULES, default="adaptive", help="bin rule (adaptive)")
+    desc.add_argument("--json", action="store_true", help="one JSON list instead of the table")
+    desc.set_defaults(run=describe)
+
+
+def describe(args: argparse.Namespace) -> None:
+    from sppnet.core.describe import describe, format_table
+
+    height, width = args.size
+    rows = describe(
+        args.network, height, width, spp=not args.no_spp, num_classes=args.classes, levels=args.levels, rule=args.rule
+    )
+    if args.json:
+        print(json.dumps([{"layer": r.name, "type": r.kind, "output": r.output, "params": r.params} for r in rows]))
+    else:
+        print(format_table(args.network, height, width, rows))
