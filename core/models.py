@@ -251,6 +251,8 @@ def caffe_init(model: SPPNet, spec: NetworkSpec, std: float = 0.01) -> None:
     biases.update({module_name(layer.name): layer.bias for layer in fcs})
     named |= dict(model.classifier.named_children())
     last = module_name(fcs[-1].name) if fcs else None
+    if any(p.is_meta for p in model.parameters()):
+        return  # shapes only (describe, imports): filling meta tensors would only load torch's decompositions
     with torch.no_grad():
         for name, bias in biases.items():
             weight = named[name].weight

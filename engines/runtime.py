@@ -1,7 +1,9 @@
 """The runtime: image -> preprocess -> route -> batch -> model -> top-k, in input order, each image's route kept.
 
-One dispatcher drives every backend: TensorRT engines (GPU), ONNX Runtime (an export directory), or the PyTorch
-run itself (the reference). A bad image is that image's error, never the batch's.
+One dispatcher drives every backend: TensorRT engines (GPU), compiled PyTorch packages (`torch_aoti`, GPUs
+TensorRT cannot run on, or the CPU), ONNX Runtime (an export directory, on the CPU or CUDA), or the PyTorch run
+itself (the reference). A bad image is that image's error, never the batch's. `Runtime.stream` serves a stream
+through the GPU-fed path (`sppnet.engines.feed`); on a GPU the precision defaults to fp16.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import numpy as np
 
 from sppnet.core.errors import BadImage, InvalidInput, SppnetError, one_line
 from sppnet.core.images import DEFAULT_MAX_PIXELS, load_bgr
-from sppnet.core.manifest import EngineManifest
+from sppnet.core.manifest import EngineManifest, read_engine_manifest
 from sppnet.engines.backends.base import Runner
 from sppnet.engines.dispatch import Executor, Item, StreamBatcher, run_batches
 from sppnet.engines.model_set import ModelSet, load_model_set
 from sppnet.engines.routing import Policy, Route, prepare, route
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "torch_aoti", "onnxruntime", "torch")
 NATIVE = {"engines": "tensorrt", "onnx": "onnxruntime", "run": "torch"}
+AOTI = "torch_aoti"  # engine directories built by `sppnet build --builder torch_aoti` (AOTInductor packages)
 
 Image = str | os.PathLike[str] | np.ndarray
 
@@ -47,16 +50,30 @@ class Result:
         return record | {"route": self.route.to_json(), "topk": [{"class": c, "p": round(p, 6)} for c, p in self.topk]}
 
 
+def native_backend(models: ModelSet) -> str:
+    """The backend a directory is served by: engines -> tensorrt (or torch_aoti for compiled PyTorch packages),
+    an ONNX export -> onnxruntime, a run -> torch."""
+    manifest = models.manifest
+    if isinstance(manifest, EngineManifest) and manifest.builder.module == AOTI:
+        return AOTI
+    return NATIVE[models.kind]
+
+
 def make_runners(models: ModelSet, backend: str, **options: Any) -> dict[str, Runner]:
-    """One runner per model file for `backend` ("auto": the directory's own: engines -> tensorrt, ...)."""
+    """One runner per model file for `backend` ("auto": the directory's own: engines -> tensorrt, ...).
+
+    `options` go to each runner; `device` ("cpu", "cuda", "cuda:N") is understood by every backend.
+    """
     if backend not in BACKENDS:
         raise InvalidInput(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    chosen = NATIVE[models.kind] if backend == "auto" else backend
-    if chosen != NATIVE[models.kind]:
+    native = native_backend(models)
+    chosen = native if backend == "auto" else backend
+    if chosen != native:
         raise InvalidInput(
-            f"{models.directory} is {'an' if models.kind != 'run' else 'a'} {models.kind} directory, which the "
-            f"{chosen} backend cannot run: pass --backend {NATIVE[models.kind]} or a directory for {chosen} "
-            "(engines: `sppnet build`; onnxruntime: `sppnet export`; torch: a run)"
+            f"{models.directory} is {'an' if models.kind != 'run' else 'a'} {models.kind} directory for {native}, "
+            f"which the {chosen} backend cannot run: pass --backend {native} or a directory for {chosen} "
+            "(tensorrt: `sppnet build`; torch_aoti: `sppnet build --builder torch_aoti`; onnxruntime: "
+            "`sppnet export`; torch: a run)"
         )
     card = models.card
     if chosen == "onnxruntime":
@@ -70,11 +87,48 @@ def make_runners(models: ModelSet, backend: str, **options: Any) -> dict[str, Ru
         return {
             f.file: TorchRunner(models.directory, precision=models.precision, **names, **options) for f in models.files
         }
-    from sppnet.engines.backends.trt import TensorRTRunner
-
     manifest = models.manifest
     assert isinstance(manifest, EngineManifest)
+    if chosen == AOTI:
+        from sppnet.engines.backends.aoti import AOTIRunner
+
+        return {f.file: AOTIRunner(models.path(f), manifest, f, **options) for f in models.files}
+    from sppnet.engines.backends.trt import TensorRTRunner
+
+    if "device" in options:  # TensorRTRunner takes the CUDA device index
+        options = {**options, "device": _cuda_index(options["device"])}
     return {f.file: TensorRTRunner(models.path(f), manifest, f, **options) for f in models.files}
+
+
+def _cuda_index(device: object) -> int:
+    text = str(device)
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise InvalidInput(f"TensorRT engines run on a GPU: pass --device cuda or cuda:N, not {text}")
+    return int(index or 0)
+
+
+def gpu_requested(directory: str | os.PathLike[str], device: str | None) -> bool:
+    """Whether a runtime on `directory` with `device` runs its models on a GPU (compiled packages built for one
+    count, without a device named)."""
+    if device is not None:
+        return device.startswith("cuda")
+    try:
+        manifest = read_engine_manifest(directory, verify=False)
+    except SppnetError:
+        return False
+    return manifest.builder.module == AOTI and manifest.target.get("device") == "cuda"
+
+
+def default_precision(directory: str | os.PathLike[str], device: str | None) -> str:
+    """fp16 on a GPU where the directory has fp16 models, else fp32."""
+    if gpu_requested(directory, device):
+        try:
+            load_model_set(directory, "fp16")
+            return "fp16"
+        except SppnetError:
+            pass
+    return "fp32"
 
 
 class Runtime:
@@ -90,18 +144,21 @@ class Runtime:
         *,
         backend: str = "auto",
         policy: Policy | None = None,
-        precision: str = "fp32",
+        precision: str | None = "fp32",
         topk: int = 5,
         max_wait_ms: float = 2.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         runner_options: dict[str, Any] | None = None,
+        device: str | None = None,
     ) -> None:
-        self.models = load_model_set(directory, precision)
+        self.device = device
+        self.models = load_model_set(directory, precision or default_precision(directory, device))
         self.policy = policy or Policy()
         self.pre = self.models.card.preprocess
         self.topk = max(1, min(topk, len(self.models.card.classes)))
         self.max_pixels = max_pixels
-        self.runners = make_runners(self.models, backend, **(runner_options or {}))
+        options = dict(runner_options or {}) | ({"device": device} if device is not None else {})
+        self.runners = make_runners(self.models, backend, **options)
         by_name = {f.file: f for f in self.models.files}
         self.executor = Executor(
             self.runners,
@@ -118,6 +175,7 @@ class Runtime:
             raise
         self._batcher: StreamBatcher | None = None
         self._max_wait_ms = max_wait_ms
+        self._feed: Any = None
 
     def prepare(self, image: Image) -> Item:
         """Decode (if a path), apply the policy and the Caffe preprocessing, and route; raises per-image errors."""
@@ -157,6 +215,16 @@ class Runtime:
         logits.add_done_callback(done)
         return result
 
+    def stream(self, images: Sequence[Image], **feed_options: Any) -> list[Result]:
+        """Results for `images`, in order, through the GPU-fed path (`sppnet.engines.feed.DeviceFeed`): decoding in
+        worker processes, uint8 uploads, preprocessing on the models' device, double-buffered batches per route.
+        `feed_options` configure the feed the first time (workers, depth, batch)."""
+        if self._feed is None:
+            from sppnet.engines.feed import DeviceFeed
+
+            self._feed = DeviceFeed(self, **feed_options)
+        return self._feed.run(images)
+
     def _result(self, index: int, image: Image, item: Item | Exception, outcome: object) -> Result:
         source = "<array>" if isinstance(image, np.ndarray) else os.fspath(image)
         if isinstance(outcome, Exception):
@@ -176,6 +244,9 @@ class Runtime:
         if self._batcher is not None:
             self._batcher.close()
             self._batcher = None
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
         for runner in self.runners.values():
             runner.deactivate()
 

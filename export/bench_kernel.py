@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from sppnet.core.bins import DEFAULT_LEVELS, RULES, can_bin
+from sppnet.core.errors import DeviceUnavailable, InvalidInput
 from sppnet.core.spp import spatial_pyramid_pool
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -42,14 +43,14 @@ class KernelBenchRow:
 
 def _require_cuda(what: str) -> None:
     if not torch.cuda.is_available():
-        raise RuntimeError(f"{what} needs a CUDA GPU (torch.cuda.is_available() is False): run it on a GPU machine")
+        raise DeviceUnavailable(f"{what} needs a CUDA GPU (torch.cuda.is_available() is False): run it on a GPU")
 
 
 def _native_kernel(what: str) -> Callable[..., Tensor]:
     from sppnet.export.spp_triton import interpreted, spp_triton
 
     if interpreted():
-        raise RuntimeError(f"{what} measures the native kernel: unset TRITON_INTERPRET and start a new process")
+        raise InvalidInput(f"{what} measures the native kernel: unset TRITON_INTERPRET and start a new process")
     return spp_triton
 
 
@@ -77,7 +78,7 @@ def bench_kernel(
     _require_cuda("bench_kernel")
     spp_triton = _native_kernel("bench_kernel")
     if dtype not in _DTYPES:
-        raise ValueError(f"bench_kernel dtype must be one of {sorted(_DTYPES)}; got {dtype!r}")
+        raise InvalidInput(f"bench_kernel dtype must be one of {sorted(_DTYPES)}; got {dtype!r}")
     torch.manual_seed(seed)
     rows = []
     for height, width in sizes:

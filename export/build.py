@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sppnet.core.atomic import sha256_file, write_atomic
-from sppnet.core.errors import InvalidInput
+from sppnet.core.errors import BuildError, InvalidInput
 from sppnet.core.manifest import (
     FIX,
     MANIFEST,
@@ -64,7 +64,7 @@ def plugin_status() -> tuple[bool, str]:
         return False, f"the sppnet SPP plugin cannot be imported ({e})"
     try:
         registered = register_spp_plugin()
-    except RuntimeError as e:  # e.g. a TensorRT without tensorrt.plugin
+    except BuildError as e:  # e.g. a TensorRT without tensorrt.plugin
         return False, f"the sppnet SPP plugin could not be registered ({e})"
     if not registered:
         return False, "the sppnet SPP plugin could not be registered with TensorRT"

@@ -160,8 +160,8 @@ def _lrn(g: GraphBuilder, layer: LRN, x: str, name: str) -> str:
     if g.precision != "fp32":
         x = g.node("Cast", [x], to=TensorProto.FLOAT)
     if layer.region == "across":
-        # ONNX LRN is Caffe's ACROSS_CHANNELS: x / (bias + alpha/size * sum of squares)^beta, with bias = k = 1.
-        y = g.node("LRN", [x], name=name, size=layer.size, alpha=layer.alpha, beta=layer.beta, bias=1.0)
+        # ONNX LRN is Caffe's ACROSS_CHANNELS: x / (bias + alpha/size * sum of squares)^beta, with bias = k.
+        y = g.node("LRN", [x], name=name, size=layer.size, alpha=layer.alpha, beta=layer.beta, bias=layer.k)
     else:
         # Caffe WITHIN_CHANNEL: x * (1 + alpha * mean_{k x k}(x^2))^-beta, the mean's divisor counting padding.
         f32 = np.float32

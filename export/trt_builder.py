@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sppnet.core.atomic import write_atomic
-from sppnet.core.errors import BuildError
+from sppnet.core.errors import BuildError, InvalidInput
 from sppnet.core.profiles import Profile
 from sppnet.export.trt_module import Backend, load_backend, logger, recording, summary
 
@@ -145,9 +145,9 @@ class EngineFromNetwork:
         compute_capabilities: Sequence[str] | None = None,
     ) -> None:
         if not profiles:
-            raise ValueError("an engine needs at least one optimisation profile")
+            raise InvalidInput("an engine needs at least one optimisation profile")
         if workspace_mb is not None and workspace_mb < 1:
-            raise ValueError(f"workspace must be at least 1 MiB; got {workspace_mb}")
+            raise InvalidInput(f"workspace must be at least 1 MiB; got {workspace_mb}")
         self.network = network
         self.profiles = list(profiles)
         self.workspace_mb = workspace_mb

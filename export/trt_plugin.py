@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from sppnet.core.errors import BuildError
 from sppnet.export.spp_plugin import (
     PLUGIN_ID,
     SPPAttributes,
@@ -58,7 +59,7 @@ def register_spp_plugin() -> bool:
         trtp = importlib.import_module("tensorrt.plugin")
     except ImportError as error:
         version = getattr(tensorrt, "__version__", "?")
-        raise RuntimeError(
+        raise BuildError(
             f"TensorRT {version} has no tensorrt.plugin module: install TensorRT 10.7 or newer for the SPP plugin"
         ) from error
     _define(trtp)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sppnet.core.errors import BadData, InvalidInput
+
 FORMAT_VERSION = 1
 SOURCES: tuple[str, ...] = ("fashion-mnist", "shapes")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -101,7 +103,7 @@ class GenerationSettings:
         }
         for message, ok in checks.items():
             if not ok:
-                raise ValueError(f"GenerationSettings: {message}; got {self}")
+                raise InvalidInput(f"GenerationSettings: {message}; got {self}")
 
 
 @dataclass(frozen=True)
@@ -138,12 +140,12 @@ def make_classification_dataset(
     out = Path(out)
     counts = _split_counts(source, n, test_fraction)
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        raise InvalidInput(f"seed must be a non-negative integer; got {seed!r}")
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
-        raise ValueError(f"workers must be >= 1; got {workers}")
+        raise InvalidInput(f"workers must be >= 1; got {workers}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"output {out} already exists and is not empty: choose another --out or remove it")
+        raise InvalidInput(f"output {out} already exists and is not empty: choose another --out or remove it")
 
     idx: dict[str, IdxSplit] = {}
     if source == "fashion-mnist":
@@ -227,7 +229,7 @@ def load_fashion_mnist_split(directory: Path, split: str) -> IdxSplit:
     """
     split = "test" if split == "t10k" else split
     if split not in FASHION_MNIST_FILES:
-        raise ValueError(f"unknown Fashion-MNIST split {split!r}: choose train or test (t10k)")
+        raise InvalidInput(f"unknown Fashion-MNIST split {split!r}: choose train or test (t10k)")
     images_name, labels_name = FASHION_MNIST_FILES[split]
     images_raw, images_info = _read_gz(Path(directory) / images_name)
     labels_raw, labels_info = _read_gz(Path(directory) / labels_name)
@@ -235,21 +237,21 @@ def load_fashion_mnist_split(directory: Path, split: str) -> IdxSplit:
     labels = _parse_idx(labels_raw, _IDX_LABELS_MAGIC, 1, Path(directory) / labels_name)
     where = f"Fashion-MNIST files {Path(directory) / images_name} and {labels_name}"
     if len(images) != len(labels):
-        raise ValueError(f"{where} disagree ({len(images)} images, {len(labels)} labels): {_FASHION_FIX}")
+        raise InvalidInput(f"{where} disagree ({len(images)} images, {len(labels)} labels): {_FASHION_FIX}")
     missing = sorted(set(range(len(FASHION_MNIST_CLASSES))) - set(np.unique(labels).tolist()))
     if missing or labels.max() >= len(FASHION_MNIST_CLASSES):
-        raise ValueError(f"{where}: labels must cover exactly the classes 0..9 (missing {missing}): {_FASHION_FIX}")
+        raise InvalidInput(f"{where}: labels must cover exactly the classes 0..9 (missing {missing}): {_FASHION_FIX}")
     return IdxSplit(images, labels, {images_name: images_info, labels_name: labels_info})
 
 
 def _read_gz(path: Path) -> tuple[bytes, dict[str, str]]:
     if not path.is_file():
-        raise ValueError(f"Fashion-MNIST file {path} not found: {_FASHION_FIX} holding the train-/t10k- idx .gz files")
+        raise BadData(f"Fashion-MNIST file {path} not found: {_FASHION_FIX} holding the train-/t10k- idx .gz files")
     raw = path.read_bytes()
     try:
         data = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as error:
-        raise ValueError(f"Fashion-MNIST file {path} is not valid gzip ({error}): {_FASHION_FIX}") from None
+        raise InvalidInput(f"Fashion-MNIST file {path} is not valid gzip ({error}): {_FASHION_FIX}") from None
     return data, {"path": str(path), "sha256": hashlib.sha256(raw).hexdigest()}
 
 
@@ -257,10 +259,10 @@ def _parse_idx(data: bytes, magic: int, ndim: int, path: Path) -> np.ndarray:
     header = 4 + 4 * ndim
     found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
     if found != magic or len(data) < header:
-        raise ValueError(f"Fashion-MNIST file {path} has idx magic {found}, expected {magic}: {_FASHION_FIX}")
+        raise InvalidInput(f"Fashion-MNIST file {path} has idx magic {found}, expected {magic}: {_FASHION_FIX}")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(data) != header + math.prod(shape) or 0 in shape[1:]:
-        raise ValueError(
+        raise InvalidInput(
             f"Fashion-MNIST file {path} is truncated or malformed (shape {shape}, {len(data) - header} data bytes): "
             f"{_FASHION_FIX}"
         )
@@ -269,11 +271,11 @@ def _parse_idx(data: bytes, magic: int, ndim: int, path: Path) -> np.ndarray:
 
 def _split_counts(source: str, n: int, test_fraction: float) -> dict[str, int]:
     if source not in SOURCES:
-        raise ValueError(f"unknown dataset source {source!r}: choose one of {', '.join(SOURCES)}")
+        raise InvalidInput(f"unknown dataset source {source!r}: choose one of {', '.join(SOURCES)}")
     if not isinstance(n, int) or isinstance(n, bool):
-        raise ValueError(f"n must be an integer image count; got {n!r}")
+        raise InvalidInput(f"n must be an integer image count; got {n!r}")
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must lie strictly between 0 and 1; got {test_fraction}")
+        raise InvalidInput(f"test_fraction must lie strictly between 0 and 1; got {test_fraction}")
     classes = len(FASHION_MNIST_CLASSES if source == "fashion-mnist" else SHAPE_CLASSES)
     test = round(n * test_fraction)
     if min(n - test, test) < classes:
@@ -282,7 +284,7 @@ def _split_counts(source: str, n: int, test_fraction: float) -> dict[str, int]:
             for m in range(2 * classes, 10**9)
             if min(m - round(m * test_fraction), round(m * test_fraction)) >= classes
         )
-        raise ValueError(
+        raise InvalidInput(
             f"n={n} with test_fraction={test_fraction} gives {n - test} train and {test} test images, too few for "
             f"one per class ({classes} classes) in each split: use n >= {smallest}"
         )
@@ -367,7 +369,7 @@ def _shape_polygons(name: str, rng: np.random.Generator) -> list[tuple[list[tupl
     if name == "arrow":
         t, h = rng.uniform(0.1, 0.2), rng.uniform(0.45, 0.6)
         return [(placed([(-0.95, -t), (0.1, -t), (0.1, -h), (1.0, 0.0), (0.1, h), (0.1, t), (-0.95, t)]), 255)]
-    raise ValueError(f"unknown shape {name!r}: choose one of {', '.join(SHAPE_CLASSES)}")
+    raise InvalidInput(f"unknown shape {name!r}: choose one of {', '.join(SHAPE_CLASSES)}")
 
 
 def clutter(

@@ -23,6 +23,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from sppnet.core.atomic import read_json, sha256, write_atomic
+from sppnet.core.errors import ArtifactError
 from sppnet.core.runs import check_fits, read_tensors
 
 FORMAT = "sppnet-checkpoint"
@@ -77,23 +78,23 @@ def capture_rng(numpy_rng: np.random.Generator | None = None) -> dict[str, Any]:
 def restore_rng(rng: dict[str, Any], numpy_rng: np.random.Generator | None = None) -> None:
     """Put back the states `capture_rng` took; `numpy_rng` (same bit generator kind) is set in place."""
     if "torch" not in rng or "python" not in rng:
-        raise ValueError("no RNG states to restore: save the checkpoint with rng=capture_rng(numpy_rng)")
+        raise ArtifactError("no RNG states to restore: save the checkpoint with rng=capture_rng(numpy_rng)")
     torch.set_rng_state(_decode_bytes(rng["torch"]))
     version, internal, gauss_next = rng["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if "torch_cuda" in rng and torch.cuda.is_available():
         if len(rng["torch_cuda"]) != torch.cuda.device_count():
-            raise ValueError(
+            raise ArtifactError(
                 f"the RNG states were saved with {len(rng['torch_cuda'])} CUDA devices but "
                 f"{torch.cuda.device_count()} are visible; set CUDA_VISIBLE_DEVICES to match to resume exactly"
             )
         torch.cuda.set_rng_state_all([_decode_bytes(s) for s in rng["torch_cuda"]])
     if numpy_rng is not None:
         if "numpy" not in rng:
-            raise ValueError("the RNG states hold no numpy generator: capture_rng was called without one")
+            raise ArtifactError("the RNG states hold no numpy generator: capture_rng was called without one")
         saved_kind, kind = rng["numpy"]["bit_generator"], type(numpy_rng.bit_generator).__name__
         if saved_kind != kind:
-            raise ValueError(f"the saved numpy state is for a {saved_kind} generator, not {kind}: pass a {saved_kind}")
+            raise ArtifactError(f"the saved numpy state is of a {saved_kind} generator, not {kind}: use a {saved_kind}")
         numpy_rng.bit_generator.state = rng["numpy"]
 
 
@@ -125,7 +126,7 @@ def _optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -
     ordered = [p for group in optimizer.param_groups for p in group["params"]]
     missing = [i for i, p in enumerate(ordered) if id(p) not in names]
     if missing:
-        raise ValueError(
+        raise ArtifactError(
             f"optimizer parameter {missing[0]} is not a parameter of the model: build the optimizer from this model"
         )
     return [names[id(p)] for p in ordered]
@@ -202,7 +203,7 @@ def read_checkpoint_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(directory) / STATE_FILE
     meta = read_json(path, "checkpoint", "pass a directory written by save_checkpoint")
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(
+        raise ArtifactError(
             f"{path} is not an {FORMAT} version {VERSION} file: pass a directory written by save_checkpoint"
         )
     return meta
@@ -243,27 +244,27 @@ def load_checkpoint(
     optimizer_state = None
     if optimizer is not None:
         if "solver" not in meta["files"]:
-            raise ValueError(f"checkpoint {path} holds no solver state: load it with optimizer=None")
+            raise ArtifactError(f"checkpoint {path} holds no solver state: load it with optimizer=None")
         saved = meta["optimizer"]
         if saved["class"] != type(optimizer).__name__:
-            raise ValueError(f"checkpoint {path} holds {saved['class']} state, not {type(optimizer).__name__}")
+            raise ArtifactError(f"checkpoint {path} holds {saved['class']} state, not {type(optimizer).__name__}")
         names = _optimizer_param_names(model, optimizer)
         if names != saved["param_names"]:
             first = next(i for i, (a, b) in enumerate(zip_longest(names, saved["param_names"])) if a != b)
-            raise ValueError(
+            raise ArtifactError(
                 f"checkpoint {path} has solver state for other parameters: optimizer parameter {first} is "
                 f"{_at(saved['param_names'], first)} in the checkpoint but {_at(names, first)} here; "
                 "build the optimizer with the same param groups (caffe_param_groups)"
             )
         sizes = [len(group["params"]) for group in optimizer.param_groups]
         if sizes != [len(group["params"]) for group in saved["param_groups"]]:
-            raise ValueError(f"checkpoint {path} has param groups of other sizes: build the optimizer the same way")
+            raise ArtifactError(f"checkpoint {path} has param groups of other sizes: build the optimizer the same way")
         solver_tensors = read_tensors(directory, meta["files"]["solver"])
         params = dict(model.named_parameters())
         for key, tensor in solver_tensors.items():
             name = key.rpartition("/")[0]
             if tensor.dim() and tuple(tensor.shape) != tuple(params[name].shape):
-                raise ValueError(
+                raise ArtifactError(
                     f"checkpoint {path} does not fit this optimizer: {key} has shape {tuple(tensor.shape)} "
                     f"but the parameter has {tuple(params[name].shape)}{made_for}; build the model it was saved from"
                 )

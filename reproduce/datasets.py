@@ -16,6 +16,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from sppnet.core.errors import BadData
 from sppnet.core.images import ImageError, load_bgr
 
 Kind = Literal["single-label", "multi-label"]
@@ -79,7 +80,7 @@ class ImageList:
         object.__setattr__(self, "classes", list(self.classes))
         object.__setattr__(self, "samples", tuple(self.samples))
         if self.kind not in KINDS:
-            raise ValueError(f"unknown ImageList.kind {self.kind!r}: choose one of {KINDS}")
+            raise BadData(f"unknown ImageList.kind {self.kind!r}: choose one of {KINDS}")
         n = len(self.classes)
         for sample in self.samples:
             label = sample.label
@@ -88,7 +89,7 @@ class ImageList:
             else:
                 ok = isinstance(label, tuple) and len(label) == n
             if not ok:
-                raise ValueError(
+                raise BadData(
                     f"ImageList ({self.kind}, {n} classes): sample {sample.path} has label {label!r}; "
                     + ("expected a class index in 0..K-1" if self.kind == "single-label" else "expected K targets")
                 )
@@ -141,18 +142,18 @@ def builtin_split(data_dir: str | os.PathLike[str], split: str) -> ImageList:
     """
     data_dir = Path(data_dir)
     if split not in BUILTIN_SPLITS:
-        raise ValueError(f"unknown built-in split {split!r}: choose one of {BUILTIN_SPLITS}")
+        raise BadData(f"unknown built-in split {split!r}: choose one of {BUILTIN_SPLITS}")
     layout = "DIR/train/<class>/*.png, DIR/test/<class>/*.png and DIR/manifest.json"
     missing = [name for name in BUILTIN_SPLITS if not (data_dir / name).is_dir()]
     if missing:
         found = "it does not exist" if not data_dir.exists() else f"no {' or '.join(missing)} folder"
-        raise ValueError(
+        raise BadData(
             f"built-in data {data_dir}: expected the layout `sppnet data make` writes ({layout}), but {found}; "
             "create it with `sppnet data make` or pass that command's output folder"
         )
     names = {name: [path.name for path in _class_dirs(data_dir / name)] for name in BUILTIN_SPLITS}
     if names["train"] != names["test"]:
-        raise ValueError(
+        raise BadData(
             f"built-in data {data_dir}: train has classes {names['train']} but test has {names['test']}; "
             "the splits must match: regenerate the data with `sppnet data make`"
         )
@@ -161,9 +162,9 @@ def builtin_split(data_dir: str | os.PathLike[str], split: str) -> ImageList:
         try:
             listed = json.loads(manifest.read_text()).get("classes")
         except (OSError, ValueError, AttributeError) as error:
-            raise ValueError(f"built-in data {manifest}: cannot read it ({error}); regenerate the data") from None
+            raise BadData(f"built-in data {manifest}: cannot read it ({error}); regenerate the data") from None
         if listed is not None and sorted(listed) != names["train"]:
-            raise ValueError(
+            raise BadData(
                 f"built-in data {data_dir}: manifest.json lists classes {sorted(listed)} but the folders are "
                 f"{names['train']}; regenerate the data with `sppnet data make`"
             )
@@ -189,12 +190,12 @@ def voc07_classification(devkit_root: str | os.PathLike[str], split: str = "trai
         for number, (image_id, target) in _read_lines(path, 2, "<image_id> <label>"):
             # 0 ("difficult"): the class appears only in objects marked difficult.
             if target not in ("1", "-1", "0"):
-                raise ValueError(
+                raise BadData(
                     f"{path}:{number}: label {target!r} is not 1 (present), -1 (absent) or 0 (difficult); "
                     "restore the file from the VOC 2007 devkit"
                 )
             if image_id not in targets:
-                raise ValueError(
+                raise BadData(
                     f"{path}:{number}: image id {image_id} is not in {split}.txt; "
                     "every class file must list the same ids as the split: restore the files from the devkit"
                 )
@@ -204,7 +205,7 @@ def voc07_classification(devkit_root: str | os.PathLike[str], split: str = "trai
         if len(seen) != len(ids):
             listed = set(seen)
             absent = next(image_id for image_id in ids if image_id not in listed)
-            raise ValueError(
+            raise BadData(
                 f"{path}: image id {absent} of {split}.txt is missing ({len(ids) - len(seen)} ids missing); "
                 "every class file must list the same ids as the split: restore the files from the devkit"
             )
@@ -213,7 +214,7 @@ def voc07_classification(devkit_root: str | os.PathLike[str], split: str = "trai
     missing = [sample.path for sample in samples if not sample.path.is_file()]
     if missing:
         shown = ", ".join(str(path) for path in missing[:_FIRST_FEW])
-        raise ValueError(
+        raise BadData(
             f"VOC 2007 {split}: {len(missing)} image(s) listed in {main / f'{split}.txt'} are missing on disk "
             f"({shown}{', ...' if len(missing) > _FIRST_FEW else ''}); extract VOCtrainval/VOCtest into the devkit"
         )
@@ -236,7 +237,7 @@ def caltech101_splits(
     with fewer than `n_train + 1` images.
     """
     if n_train < 1 or n_test < 1:
-        raise ValueError(f"caltech101_splits needs n_train >= 1 and n_test >= 1; got {n_train} and {n_test}")
+        raise BadData(f"caltech101_splits needs n_train >= 1 and n_test >= 1; got {n_train} and {n_test}")
     images = _class_folders(Path(root), exclude=tuple(exclude))
     by_class: list[list[Sample]] = [[] for _ in images.classes]
     for sample in images.samples:
@@ -247,7 +248,7 @@ def caltech101_splits(
         if len(members) < n_train + 1
     ]
     if small:
-        raise ValueError(
+        raise BadData(
             f"Caltech101 {images.root}: class(es) with fewer than n_train + 1 = {n_train + 1} images: "
             f"{', '.join(small)}; lower n_train or add them to exclude"
         )
@@ -292,25 +293,25 @@ def load_images(
 def _class_folders(root: Path, *, exclude: tuple[str, ...]) -> ImageList:
     expected = "expected ROOT/<class>/<image>"
     if not root.exists():
-        raise ValueError(f"image folder {root} not found ({expected}); check the path")
+        raise BadData(f"image folder {root} not found ({expected}); check the path")
     if not root.is_dir():
-        raise ValueError(f"image folder {root} is not a directory ({expected}); pass the folder of class folders")
+        raise BadData(f"image folder {root} is not a directory ({expected}); pass the folder of class folders")
     class_dirs = [path for path in _class_dirs(root) if path.name not in exclude]
     if not class_dirs:
         if any(_is_image(path) for path in root.iterdir() if path.is_file()):
-            raise ValueError(
+            raise BadData(
                 f"image folder {root}: {expected}, found images directly in ROOT; move them into one folder per class"
             )
-        raise ValueError(f"image folder {root}: no class folders ({expected}); check the path")
+        raise BadData(f"image folder {root}: no class folders ({expected}); check the path")
     files = {path.name: _images_under(path) for path in class_dirs}
     if not any(files.values()):
-        raise ValueError(
+        raise BadData(
             f"image folder {root}: no images in its {len(class_dirs)} class folder(s) ({expected} with an "
             f"extension in {_EXTENSIONS_TEXT}); check the path and the file types"
         )
     empty = [name for name, paths in files.items() if not paths]
     if empty:
-        raise ValueError(
+        raise BadData(
             f"image folder {root}: class folder(s) with no images: {', '.join(empty)} (extensions "
             f"{_EXTENSIONS_TEXT}); add images or remove the folders"
         )
@@ -341,7 +342,7 @@ def _voc2007_dir(root: Path) -> Path:
     for candidate in (root, root / "VOC2007"):
         if (candidate / "ImageSets" / "Main").is_dir():
             return candidate
-    raise ValueError(
+    raise BadData(
         f"VOC 2007 {root}: expected {root / 'VOC2007' / 'ImageSets' / 'Main'} or {root / 'ImageSets' / 'Main'}; "
         "pass the VOCdevkit folder or its VOC2007 folder"
     )
@@ -350,14 +351,14 @@ def _voc2007_dir(root: Path) -> Path:
 def _read_lines(path: Path, n_fields: int, form: str) -> list[tuple[int, list[str]]]:
     """Non-blank lines of a VOC list file as (line number, fields), each line exactly `n_fields` fields."""
     if not path.is_file():
-        raise ValueError(f"VOC 2007: {path} not found; restore ImageSets/Main from the VOC 2007 devkit")
+        raise BadData(f"VOC 2007: {path} not found; restore ImageSets/Main from the VOC 2007 devkit")
     lines = []
     for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) != n_fields:
-            raise ValueError(f"{path}:{number}: expected {form!r}, got {line.strip()!r}; restore the file")
+            raise BadData(f"{path}:{number}: expected {form!r}, got {line.strip()!r}; restore the file")
         lines.append((number, fields))
     return lines
 
@@ -366,7 +367,7 @@ def _check_unique(ids: list[str], path: Path) -> None:
     seen: set[str] = set()
     for image_id in ids:
         if image_id in seen:
-            raise ValueError(f"{path}: image id {image_id} is listed twice; restore the file from the devkit")
+            raise BadData(f"{path}: image id {image_id} is listed twice; restore the file from the devkit")
         seen.add(image_id)
 
 
@@ -375,10 +376,10 @@ def _decode(
 ) -> tuple[list[tuple[int, np.ndarray | None]], list[BadImage]]:
     """(index, uint8 array or None) for the usable images, in order, and the bad images."""
     if on_bad not in ON_BAD:
-        raise ValueError(f"unknown on_bad {on_bad!r}: choose one of {ON_BAD}")
+        raise BadData(f"unknown on_bad {on_bad!r}: choose one of {ON_BAD}")
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
-        raise ValueError(f"workers must be >= 1; got {workers}")
+        raise BadData(f"workers must be >= 1; got {workers}")
 
     def one(path: Path) -> np.ndarray | BadImage | None:
         try:
@@ -401,7 +402,7 @@ def _decode(
                     kept.append((index, result))
     if bad and on_bad == "error":
         shown = "; ".join(str(item) for item in bad[:_FIRST_FEW])
-        raise ValueError(
+        raise BadData(
             f"{len(bad)} of {len(images)} images cannot be used: {shown}{'; ...' if len(bad) > _FIRST_FEW else ''}; "
             "fix or remove them, or skip them with on_bad='skip'"
         )

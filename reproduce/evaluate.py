@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sppnet.core.errors import InvalidInput
 from sppnet.core.networks import feature_sizes, feature_stride
 from sppnet.core.preprocess import (
     Preprocess,
@@ -88,7 +89,7 @@ def multiview_windows(height: int, width: int, crop: int) -> np.ndarray:
     its long side (PAPER.md section 5: 6 views with flips at 224), and a crop-sized square keeps 1.
     """
     if not 1 <= crop <= min(height, width):
-        raise ValueError(f"multiview_windows: a {crop}x{crop} window does not fit a {height}x{width} (HxW) image")
+        raise InvalidInput(f"multiview_windows: a {crop}x{crop} window does not fit a {height}x{width} (HxW) image")
     top, mid_y, bottom = 0, (height - crop) // 2, height - crop
     left, mid_x, right = 0, (width - crop) // 2, width - crop
     corners = [(top, left), (top, right), (bottom, left), (bottom, right), (mid_y, mid_x)]
@@ -184,11 +185,11 @@ def _score_views(
 
 def _check_size(model: nn.Module, mode: str, size: int, what: str) -> None:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"evaluate: mode {mode!r} needs a positive integer {what}; got {size!r}")
+        raise InvalidInput(f"evaluate: mode {mode!r} needs a positive integer {what}; got {size!r}")
     try:
         feature_sizes(model.spec, int(size), int(size))
     except ValueError as err:
-        raise ValueError(f"evaluate: mode {mode!r} {what} {size} is too small for the network: {err}") from None
+        raise InvalidInput(f"evaluate: mode {mode!r} {what} {size} is too small for the network: {err}") from None
 
 
 def _setting(
@@ -196,47 +197,47 @@ def _setting(
 ) -> tuple[int | None, tuple[int, ...] | None]:
     """Validate a protocol and resolve its defaults: (size, scales)."""
     if mode not in MODES:
-        raise ValueError(f"evaluate: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise InvalidInput(f"evaluate: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode in ("full", "multiview") and not model.config.spp:
-        raise ValueError(
+        raise InvalidInput(
             f"evaluate: mode {mode!r} needs an SPP model (spp=True); the no-SPP baseline's fc6 takes one input "
             "size: use 'crop' or '10view'"
         )
     if mode != "multiview":
         if scales is not None:
-            raise ValueError(f"evaluate: scales are for mode 'multiview'; mode {mode!r} takes size")
+            raise InvalidInput(f"evaluate: scales are for mode 'multiview'; mode {mode!r} takes size")
         size = (pre.short_side if mode == "full" else pre.crop) if size is None else size
         _check_size(model, mode, size, "short side" if mode == "full" else "size")
         return int(size), None
     if size is not None:
-        raise ValueError("evaluate: mode 'multiview' takes scales, not size (its full views use pre.short_side)")
+        raise InvalidInput("evaluate: mode 'multiview' takes scales, not size (its full views use pre.short_side)")
     scales = default_scales(pre.crop) if scales is None else scales
     scales = (scales,) if isinstance(scales, (int, np.integer)) else tuple(scales)
     if not scales:
-        raise ValueError("evaluate: mode 'multiview' needs at least one scale")
+        raise InvalidInput("evaluate: mode 'multiview' needs at least one scale")
     for s in scales:
         _check_size(model, mode, s, "scale")
         if s < pre.crop:
-            raise ValueError(f"evaluate: multiview scale {s} is below the crop {pre.crop}: its windows would not fit")
+            raise InvalidInput(f"evaluate: multiview scale {s} is below the crop {pre.crop}: its windows would not fit")
     _check_size(model, mode, pre.short_side, "pre.short_side (full views)")
     return None, tuple(int(s) for s in scales)
 
 
 def _check_data(images: Sequence[np.ndarray], labels: Sequence[int], classes: int) -> np.ndarray:
     if len(images) == 0:
-        raise ValueError("evaluate got no images; pass at least one (H, W, 3) BGR array")
+        raise InvalidInput("evaluate got no images; pass at least one (H, W, 3) BGR array")
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"evaluate got {len(images)} images but labels of shape {labels.shape}: one label per image")
+        raise InvalidInput(f"evaluate got {len(images)} images but labels of shape {labels.shape}: one label per image")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= classes:
-        raise ValueError(
+        raise InvalidInput(
             f"evaluate: labels must be integers in [0, {classes}); got {labels.dtype} in "
             f"[{labels.min()}, {labels.max()}]"
         )
     for i, img in enumerate(images):
         if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
             shape = img.shape if isinstance(img, np.ndarray) else type(img).__name__
-            raise ValueError(f"evaluate: image {i} has shape {shape}; expected an (H, W, 3) BGR array")
+            raise InvalidInput(f"evaluate: image {i} has shape {shape}; expected an (H, W, 3) BGR array")
     return labels.astype(np.int64)
 
 
@@ -282,7 +283,7 @@ def evaluate(
         keep_predictions: store each image's top-5 classes and averaged softmax in the result.
     """
     if batch_size < 1:
-        raise ValueError(f"evaluate: batch_size must be >= 1; got {batch_size}")
+        raise InvalidInput(f"evaluate: batch_size must be >= 1; got {batch_size}")
     size, scales = _setting(model, mode, pre, size, scales)
     classes = model.config.num_classes
     labels = _check_data(images, labels, classes)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sppnet.core.atomic import write_atomic
+from sppnet.core.errors import InvalidInput
 
 FORMAT = 1
 VARIANTS = ("no_spp", "spp_single", "spp_multi")
@@ -150,34 +151,34 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
 
 def _validate(results: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if not isinstance(results, dict):
-        raise ValueError(f"results must be a dict, got {type(results).__name__}")
+        raise InvalidInput(f"results must be a dict, got {type(results).__name__}")
     for key in ("format", "settings", "runs", "timing"):
         if key not in results:
-            raise ValueError(f"results: missing key {key!r}")
+            raise InvalidInput(f"results: missing key {key!r}")
     if results["format"] != FORMAT:
-        raise ValueError(f"results: format {results['format']!r} is not supported (this report reads {FORMAT})")
+        raise InvalidInput(f"results: format {results['format']!r} is not supported (this report reads {FORMAT})")
     settings = results["settings"]
     for key in REQUIRED_SETTINGS:
         if key not in settings:
-            raise ValueError(f"results: missing key 'settings.{key}'")
+            raise InvalidInput(f"results: missing key 'settings.{key}'")
     if not isinstance(settings["preprocess"], dict) or "short_side" not in settings["preprocess"]:
-        raise ValueError("results: missing key 'settings.preprocess.short_side' (the full-image test size)")
+        raise InvalidInput("results: missing key 'settings.preprocess.short_side' (the full-image test size)")
     if "total_seconds" not in results["timing"]:
-        raise ValueError("results: missing key 'timing.total_seconds'")
+        raise InvalidInput("results: missing key 'timing.total_seconds'")
     runs = results["runs"]
     seen: set[tuple[str, Any]] = set()
     for i, run in enumerate(runs):
         for key in REQUIRED_RUN:
             if key not in run:
-                raise ValueError(f"results: missing key 'runs[{i}].{key}'")
+                raise InvalidInput(f"results: missing key 'runs[{i}].{key}'")
         if run["variant"] not in VARIANTS:
-            raise ValueError(f"results: runs[{i}] has unknown variant {run['variant']!r}; expected one of {VARIANTS}")
+            raise InvalidInput(f"results: runs[{i}] has unknown variant {run['variant']!r}; expected one of {VARIANTS}")
         if (run["variant"], run["seed"]) in seen:
-            raise ValueError(f"results: two runs of {run['variant']} with seed {run['seed']}")
+            raise InvalidInput(f"results: two runs of {run['variant']} with seed {run['seed']}")
         seen.add((run["variant"], run["seed"]))
     for variant in VARIANTS:
         if not any(run["variant"] == variant for run in runs):
-            raise ValueError(f"results: no runs of variant {variant!r}")
+            raise InvalidInput(f"results: no runs of variant {variant!r}")
     return settings, runs
 
 
@@ -192,9 +193,9 @@ def _eval(run: dict[str, Any], mode: str, size: int | None) -> dict[str, Any]:
     where = f"run {run['variant']} seed {run['seed']}"
     if not entries:
         at = "" if size is None else f" at size {size}"
-        raise ValueError(f"results: {where} has no {mode!r} evaluation{at}")
+        raise InvalidInput(f"results: {where} has no {mode!r} evaluation{at}")
     if len(entries) > 1:
-        raise ValueError(f"results: {where} has {len(entries)} {mode!r} evaluations; set settings.preprocess.crop")
+        raise InvalidInput(f"results: {where} has {len(entries)} {mode!r} evaluations; set settings.preprocess.crop")
     return entries[0]
 
 
@@ -252,7 +253,7 @@ def _effect(effect: Effect, errors: dict[str, Any], paper: dict[str, Any]) -> di
     measured, reference = errors[mv][mview]["top1"], errors[rv][rview]["top1"]
     seeds = [seed for seed in measured if seed in reference]
     if not seeds:
-        raise ValueError(f"results: no seed has runs of both {mv} and {rv}, so {effect.key} has no paired delta")
+        raise InvalidInput(f"results: no seed has runs of both {mv} and {rv}, so {effect.key} has no paired delta")
     delta = _stat(measured[seed] - reference[seed] for seed in seeds)
     assert delta is not None
     paper_delta, paper_label = _paper_delta(effect, paper)

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sppnet.core.errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class SolverConfig:
@@ -37,14 +39,14 @@ class SolverConfig:
 
     def __post_init__(self) -> None:
         if self.base_lr <= 0:
-            raise ValueError(f"SolverConfig.base_lr must be > 0; got {self.base_lr}")
+            raise InvalidInput(f"SolverConfig.base_lr must be > 0; got {self.base_lr}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"SolverConfig.momentum must be in [0, 1); got {self.momentum}")
+            raise InvalidInput(f"SolverConfig.momentum must be in [0, 1); got {self.momentum}")
         if self.weight_decay < 0:
-            raise ValueError(f"SolverConfig.weight_decay must be >= 0; got {self.weight_decay}")
+            raise InvalidInput(f"SolverConfig.weight_decay must be >= 0; got {self.weight_decay}")
         milestones = tuple(self.milestones)
         if any(m < 0 for m in milestones) or list(milestones) != sorted(set(milestones)):
-            raise ValueError(
+            raise InvalidInput(
                 f"SolverConfig.milestones must be distinct epochs >= 0 in increasing order; got {self.milestones}"
             )
         object.__setattr__(self, "milestones", milestones)
@@ -65,7 +67,7 @@ class CaffeSGD(torch.optim.Optimizer):
         weight_decay: float = 5e-4,
     ) -> None:
         if lr < 0 or not 0 <= momentum < 1 or weight_decay < 0:
-            raise ValueError(
+            raise InvalidInput(
                 f"CaffeSGD needs lr >= 0, 0 <= momentum < 1, weight_decay >= 0; "
                 f"got lr={lr}, momentum={momentum}, weight_decay={weight_decay}"
             )
@@ -86,7 +88,7 @@ class CaffeSGD(torch.optim.Optimizer):
                 if param.grad is None:
                     continue
                 if param.grad.is_sparse:
-                    raise ValueError("CaffeSGD does not support sparse gradients")
+                    raise InvalidInput("CaffeSGD does not support sparse gradients")
                 diff = param.grad.add(param, alpha=local_decay) if local_decay else param.grad
                 state = self.state[param]
                 if "momentum_buffer" not in state:
@@ -134,7 +136,7 @@ def build_solver(model: nn.Module, config: SolverConfig) -> CaffeSGD:
 def lr_at(config: SolverConfig, epoch: int) -> float:
     """Caffe's "multistep" policy by epoch: base_lr * gamma ** (number of milestones <= epoch)."""
     if epoch < 0:
-        raise ValueError(f"epoch must be >= 0; got {epoch}")
+        raise InvalidInput(f"epoch must be >= 0; got {epoch}")
     return config.base_lr * config.gamma ** sum(m <= epoch for m in config.milestones)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from sppnet.core.atomic import write_atomic
 from sppnet.core.bins import DEFAULT_LEVELS
+from sppnet.core.errors import InvalidInput
 from sppnet.core.models import SPPNet, build_model
 from sppnet.core.networks import feature_sizes, get_network
 from sppnet.core.preprocess import Preprocess, to_chw_batch, train_view
@@ -62,18 +63,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         get_network(self.model)
         if not self.sizes or min(self.sizes) < 1:
-            raise ValueError(f"training sizes must be positive pixels; got {self.sizes}")
+            raise InvalidInput(f"training sizes must be positive pixels; got {self.sizes}")
         if self.size_schedule not in ("alternate", "random"):
-            raise ValueError(f"size_schedule must be 'alternate' or 'random'; got {self.size_schedule!r}")
+            raise InvalidInput(f"size_schedule must be 'alternate' or 'random'; got {self.size_schedule!r}")
         if max(self.sizes) > self.preprocess.crop:
-            raise ValueError(
+            raise InvalidInput(
                 f"training size {max(self.sizes)} exceeds the crop {self.preprocess.crop}: "
                 "multi-size training resizes the crop down, so make the crop the largest size"
             )
         if not self.spp and len(set(self.sizes)) > 1:
-            raise ValueError("a no-SPP network has one input size: train it at one size, or use spp=True")
+            raise InvalidInput("a no-SPP network has one input size: train it at one size, or use spp=True")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1; got {self.epochs}, {self.batch_size}")
+            raise InvalidInput(f"epochs and batch_size must be >= 1; got {self.epochs}, {self.batch_size}")
         for size in self.sizes:
             feature_sizes(get_network(self.model), size, size)
 
@@ -233,7 +234,7 @@ def _resume_point(
     saved = read_checkpoint_meta(directory)["state"]["config"]
     if saved != config.to_json():
         changed = sorted(k for k in saved if saved.get(k) != config.to_json().get(k))
-        raise ValueError(
+        raise InvalidInput(
             f"--resume with different settings than {run_dir} was started with ({', '.join(changed)}): "
             "resume with the same options, or train into a new --out"
         )
@@ -269,12 +270,12 @@ def train(
     ctx = init_distributed()
     run_dir = Path(run_dir)
     if ctx.main and not resume and (run_dir / CHECKPOINT_DIR / "checkpoint.json").exists():
-        raise ValueError(f"{run_dir} already holds a training run: pass --resume to continue it, or another --out")
+        raise InvalidInput(f"{run_dir} already holds a training run: pass --resume to continue it, or another --out")
     if config.batch_size % ctx.world:
-        raise ValueError(f"batch size {config.batch_size} does not split over {ctx.world} processes")
+        raise InvalidInput(f"batch size {config.batch_size} does not split over {ctx.world} processes")
     data = data or load_data(data_dir, config, log if ctx.main else lambda _: None)
     if len(data.train_images) < config.batch_size:
-        raise ValueError(f"{len(data.train_images)} training images are fewer than one batch of {config.batch_size}")
+        raise InvalidInput(f"{len(data.train_images)} training images are fewer than one batch of {config.batch_size}")
     torch.manual_seed(config.seed)
     model = build_for(config, len(data.classes))
     optimizer = build_solver(model, config.solver)

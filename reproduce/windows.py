@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sppnet.core.errors import InvalidInput
+
 
 def _axis_cells(low: np.ndarray, high: np.ndarray, stride: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Half-open 0-based cells [start, end) along one axis for inclusive 0-based pixel edges low..high."""
@@ -39,19 +41,19 @@ def image_boxes_to_cells(boxes: np.ndarray, stride: int, map_h: int, map_w: int)
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(
+        raise InvalidInput(
             f"image_boxes_to_cells expects boxes of shape (K, 4) as (x_left, y_top, x_right, y_bottom); "
             f"got {boxes.shape}"
         )
     if int(stride) != stride or stride < 1 or map_h < 1 or map_w < 1:
-        raise ValueError(
+        raise InvalidInput(
             f"image_boxes_to_cells needs an integer stride >= 1 and a map of at least 1x1 cells; "
             f"got stride {stride}, map {map_h}x{map_w}"
         )
     bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
+        raise InvalidInput(
             f"image_boxes_to_cells: box {i} {boxes[i].tolist()} is not finite or has right < left or "
             "bottom < top: boxes are (x_left, y_top, x_right, y_bottom) with the right/bottom pixel included"
         )

@@ -123,6 +123,11 @@ class Case:
 
     `layers` are NetSpec calls: {"name", "type", "bottom": [names], "params": {...}} (enums as names, e.g.
     "MAX"); `params` maps a layer name to its parameter blobs (weights, bias) in Caffe's layout.
+
+    Or a net from files: `prototxt` (any layout Caffe upgrades) with weights from `caffemodel`, its input blob
+    `data` reshaped to `data`'s shape. `save` = {"path", "layout": "V2" | "V1" | "V0"} writes the net's weights
+    after `params` are set: V2 with Caffe's own Net.save, V1 / V0 rewritten with Caffe's caffe_pb2 as
+    `layers` entries (V0: nested in `layer`) whose blobs carry the legacy num/channels/height/width.
     """
 
     id: str
@@ -130,6 +135,9 @@ class Case:
     layers: list[dict[str, Any]]
     outputs: list[str]
     params: Mapping[str, Sequence[np.ndarray]] = field(default_factory=dict)
+    prototxt: str | None = None
+    caffemodel: str | None = None
+    save: dict[str, str] | None = None
 
 
 @dataclass
@@ -221,6 +229,9 @@ def _write_job(job: Path, cases: Sequence[Case]) -> None:
                 "layers": case.layers,
                 "outputs": case.outputs,
                 "params": params,
+                "prototxt": case.prototxt,
+                "caffemodel": case.caffemodel,
+                "save": case.save,
             }
         )
     (job / "job.json").write_text(json.dumps({"cases": spec}))

@@ -300,6 +300,11 @@ def _phase_keeps(reader: _Reader) -> bool:
 
 def _params(kind: str, r: _Reader, v0: bool) -> Any:
     """The typed parameters of a layer sppnet maps, read from its parameter message (or V0's flat fields)."""
+    needed = {"Convolution": ("num_output", "kernelsize" if v0 else None), "InnerProduct": ("num_output",),
+              "Pooling": ("kernelsize" if v0 else None,)}  # fmt: skip
+    for name in needed.get(kind, ()):
+        if name is not None and r.message.last(name) is None:
+            r.fail(r.message, f"needs {name}")
     if kind == "Convolution":
         if v0:
             return ConvParams(
@@ -321,13 +326,11 @@ def _params(kind: str, r: _Reader, v0: bool) -> Any:
             _constant(r, "bias_filler"),
         )
     if kind == "Pooling":
-        methods = {"MAX": 0, "AVE": 1, "STOCHASTIC": 2}
+        method = r.enum("pool", {"MAX": 0, "AVE": 1, "STOCHASTIC": 2}, "MAX")
         if v0:
-            method = r.enum("pool", methods, "MAX")
-            kernel, stride, pad, global_pooling = r.integer("kernelsize", 0, 1), r.integer("stride", 1, 1), \
-                r.integer("pad", 0), False
+            kernel, stride, pad = r.integer("kernelsize", 0, 1), r.integer("stride", 1, 1), r.integer("pad", 0)
+            global_pooling = False
         else:
-            method = r.enum("pool", methods, "MAX")
             global_pooling = r.boolean("global_pooling", False)
             if r.enum("round_mode", {"CEIL": 0, "FLOOR": 1}, "CEIL") != "CEIL" or not r.boolean("ceil_mode", True):
                 r.fail(r.message, "rounds down (FLOOR): sppnet reproduces Caffe's default CEIL rounding only")

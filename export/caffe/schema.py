@@ -96,6 +96,12 @@ MESSAGES: dict[str, list[_Field]] = {
         _f("kernel_size", 2, UINT32),
         _f("stride", 3, UINT32),
         _f("pad", 4, UINT32),
+        _f("kernel_h", 5, UINT32),
+        _f("kernel_w", 6, UINT32),
+        _f("stride_h", 7, UINT32),
+        _f("stride_w", 8, UINT32),
+        _f("pad_h", 9, UINT32),
+        _f("pad_w", 10, UINT32),
         _f("global_pooling", 12, BOOL),
     ],
     "LRNParameter": [

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from sppnet.core.errors import InvalidInput
 from sppnet.reproduce.detection.boxes import box_iou
 from sppnet.reproduce.detection.voc import DetImage
 
@@ -44,7 +45,7 @@ def voc_ap(recall: ArrayLike, precision: ArrayLike, use_07_metric: bool = True) 
     recall = np.asarray(recall, dtype=np.float64).reshape(-1)
     precision = np.asarray(precision, dtype=np.float64).reshape(-1)
     if recall.shape != precision.shape:
-        raise ValueError(f"voc_ap: {recall.size} recall values but {precision.size} precision values; pass pairs")
+        raise InvalidInput(f"voc_ap: {recall.size} recall values but {precision.size} precision values; pass pairs")
     if use_07_metric:
         total = 0.0
         for threshold in _ELEVEN_POINTS:
@@ -90,7 +91,7 @@ def evaluate_detections(
     average the classes with ground truth (a class with npos = 0 has AP NaN), and are NaN if no class has any.
     """
     if len(detections_per_class) != len(classes):
-        raise ValueError(
+        raise InvalidInput(
             f"evaluate_detections: {len(detections_per_class)} detection lists for {len(classes)} classes; "
             "pass one list per class, list i holding label i + 1"
         )
@@ -136,11 +137,11 @@ def _curve(
     scores = np.fromiter((d[1] for d in detections), dtype=np.float64, count=n)
     boxes = np.asarray([d[2] for d in detections], dtype=np.float64).reshape(n, -1) if n else np.zeros((0, 4))
     if boxes.shape[1] != 4:
-        raise ValueError(f"evaluate_class: detection boxes must be (x1, y1, x2, y2); got {boxes.shape[1]} values")
+        raise InvalidInput(f"evaluate_class: detection boxes must be (x1, y1, x2, y2); got {boxes.shape[1]} values")
     bad = ~(np.isfinite(scores) & np.isfinite(boxes).all(axis=1)) | (image_index < 0) | (image_index >= len(gts))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
+        raise InvalidInput(
             f"evaluate_class: detection {i} {detections[i]!r} needs an image index in 0..{len(gts) - 1} and a finite "
             "score and box; image indices index the ground truth list"
         )

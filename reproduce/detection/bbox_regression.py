@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from sppnet.core.errors import InvalidInput
 from sppnet.reproduce.detection.boxes import apply_deltas, as_boxes, bbox_targets, box_iou
 
 _IOU_CHUNK = 1024
@@ -26,9 +27,9 @@ class BBoxRegressionConfig:
 
     def __post_init__(self) -> None:
         if self.ridge_lambda <= 0:
-            raise ValueError(f"BBoxRegressionConfig.ridge_lambda must be > 0; got {self.ridge_lambda}")
+            raise InvalidInput(f"BBoxRegressionConfig.ridge_lambda must be > 0; got {self.ridge_lambda}")
         if not 0 <= self.min_iou < 1:
-            raise ValueError(f"BBoxRegressionConfig.min_iou must be in [0, 1); got {self.min_iou}")
+            raise InvalidInput(f"BBoxRegressionConfig.min_iou must be in [0, 1); got {self.min_iou}")
 
 
 def match_ground_truth(
@@ -38,7 +39,7 @@ def match_ground_truth(
     proposals, gt_boxes = as_boxes(proposals, "proposals"), as_boxes(gt_boxes, "gt_boxes")
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
     if gt_labels.shape[0] != gt_boxes.shape[0]:
-        raise ValueError(f"match_ground_truth: {gt_boxes.shape[0]} gt boxes but {gt_labels.shape[0]} labels")
+        raise InvalidInput(f"match_ground_truth: {gt_boxes.shape[0]} gt boxes but {gt_labels.shape[0]} labels")
     if gt_boxes.shape[0] == 0:
         return proposals.copy(), np.zeros(proposals.shape[0], dtype=np.int64), np.zeros(proposals.shape[0])
     iou = box_iou(proposals, gt_boxes)
@@ -76,7 +77,7 @@ class BBoxRegressor:
 
     def __init__(self, num_classes: int, config: BBoxRegressionConfig | None = None) -> None:
         if num_classes < 1:
-            raise ValueError(f"BBoxRegressor: num_classes must be >= 1; got {num_classes}")
+            raise InvalidInput(f"BBoxRegressor: num_classes must be >= 1; got {num_classes}")
         self.num_classes = num_classes
         self.config = config or BBoxRegressionConfig()
         self.weights: dict[int, np.ndarray] = {}
@@ -86,12 +87,12 @@ class BBoxRegressor:
 
     def _check(self, pool5: np.ndarray, proposals: np.ndarray, labels: np.ndarray, what: str) -> None:
         if pool5.ndim != 2 or pool5.shape[0] != proposals.shape[0] or labels.shape != (proposals.shape[0],):
-            raise ValueError(
+            raise InvalidInput(
                 f"BBoxRegressor.{what}: need pool5 (K, D), proposals (K, 4) and labels (K,); got shapes "
                 f"{pool5.shape}, {proposals.shape}, {labels.shape}"
             )
         if labels.size and (labels.min() < 0 or labels.max() > self.num_classes):
-            raise ValueError(f"BBoxRegressor.{what}: labels must be in 0..{self.num_classes} (0 = not regressed)")
+            raise InvalidInput(f"BBoxRegressor.{what}: labels must be in 0..{self.num_classes} (0 = not regressed)")
 
     def fit(
         self, pool5: np.ndarray, proposals: ArrayLike, gt_boxes_matched: ArrayLike, labels: ArrayLike
@@ -102,7 +103,7 @@ class BBoxRegressor:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         self._check(pool5, proposals, labels, "fit")
         if gt.shape != proposals.shape:
-            raise ValueError(f"BBoxRegressor.fit: {proposals.shape[0]} proposals but {gt.shape[0]} matched gt boxes")
+            raise InvalidInput(f"BBoxRegressor.fit: {proposals.shape[0]} proposals but {gt.shape[0]} matched gt boxes")
         used = (labels > 0) & (paired_iou(proposals, gt) > self.config.min_iou)
         self.weights, self.target_mean, self.target_std = {}, {}, {}
         self.num_samples[:] = 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from sppnet.core.errors import InvalidInput
+
 
 def as_boxes(boxes: ArrayLike, what: str = "boxes") -> np.ndarray:
     """`boxes` as a float64 (K, 4) array; an empty input gives (0, 4). Raises ValueError for any other shape."""
@@ -16,7 +18,7 @@ def as_boxes(boxes: ArrayLike, what: str = "boxes") -> np.ndarray:
     if array.size == 0:
         return np.zeros((0, 4), dtype=np.float64)
     if array.ndim != 2 or array.shape[1] != 4:
-        raise ValueError(f"{what} must have shape (K, 4) as (x1, y1, x2, y2); got shape {array.shape}")
+        raise InvalidInput(f"{what} must have shape (K, 4) as (x1, y1, x2, y2); got shape {array.shape}")
     return array
 
 
@@ -47,9 +49,9 @@ def nms(boxes: ArrayLike, scores: ArrayLike, threshold: float = 0.3) -> np.ndarr
     boxes = as_boxes(boxes, "nms boxes")
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if scores.shape[0] != boxes.shape[0]:
-        raise ValueError(f"nms: {boxes.shape[0]} boxes but {scores.shape[0]} scores; pass one score per box")
+        raise InvalidInput(f"nms: {boxes.shape[0]} boxes but {scores.shape[0]} scores; pass one score per box")
     if not np.isfinite(scores).all():
-        raise ValueError("nms: scores must be finite; drop or replace NaN/inf scores before NMS")
+        raise InvalidInput("nms: scores must be finite; drop or replace NaN/inf scores before NMS")
     order = np.argsort(-scores, kind="stable")
     kept: list[int] = []
     while order.size:
@@ -63,7 +65,7 @@ def nms(boxes: ArrayLike, scores: ArrayLike, threshold: float = 0.3) -> np.ndarr
 def clip_boxes(boxes: ArrayLike, height: int, width: int) -> np.ndarray:
     """A copy of `boxes` with x clipped to [0, width - 1] and y to [0, height - 1]."""
     if height < 1 or width < 1:
-        raise ValueError(f"clip_boxes needs an image of at least 1x1 pixels; got height {height}, width {width}")
+        raise InvalidInput(f"clip_boxes needs an image of at least 1x1 pixels; got height {height}, width {width}")
     clipped = as_boxes(boxes, "clip_boxes boxes").copy()
     clipped[:, 0::2] = np.clip(clipped[:, 0::2], 0.0, width - 1.0)
     clipped[:, 1::2] = np.clip(clipped[:, 1::2], 0.0, height - 1.0)
@@ -99,16 +101,16 @@ def bbox_targets(proposals: ArrayLike, gt: ArrayLike) -> np.ndarray:
     """
     proposals, gt = as_boxes(proposals, "bbox_targets proposals"), as_boxes(gt, "bbox_targets gt")
     if proposals.shape != gt.shape:
-        raise ValueError(
+        raise InvalidInput(
             f"bbox_targets: {proposals.shape[0]} proposals but {gt.shape[0]} ground truth boxes; "
             "pass one ground truth box per proposal"
         )
     pw, ph, px, py = _centres(proposals)
     gw, gh, gx, gy = _centres(gt)
     if not (np.isfinite(proposals).all() and np.isfinite(gt).all() and (pw > 0).all() and (ph > 0).all()):
-        raise ValueError("bbox_targets: proposals must be finite with x2 - x1 + 1 > 0 and y2 - y1 + 1 > 0")
+        raise InvalidInput("bbox_targets: proposals must be finite with x2 - x1 + 1 > 0 and y2 - y1 + 1 > 0")
     if not ((gw > 0).all() and (gh > 0).all()):
-        raise ValueError("bbox_targets: ground truth boxes must have x2 - x1 + 1 > 0 and y2 - y1 + 1 > 0")
+        raise InvalidInput("bbox_targets: ground truth boxes must have x2 - x1 + 1 > 0 and y2 - y1 + 1 > 0")
     return np.stack([(gx - px) / pw, (gy - py) / ph, np.log(gw / pw), np.log(gh / ph)], axis=1)
 
 
@@ -120,7 +122,7 @@ def apply_deltas(proposals: ArrayLike, deltas: ArrayLike) -> np.ndarray:
     """
     proposals, deltas = as_boxes(proposals, "apply_deltas proposals"), as_boxes(deltas, "apply_deltas deltas")
     if proposals.shape != deltas.shape:
-        raise ValueError(
+        raise InvalidInput(
             f"apply_deltas: {proposals.shape[0]} proposals but {deltas.shape[0]} deltas; pass one (dx, dy, dw, dh) "
             "per proposal"
         )

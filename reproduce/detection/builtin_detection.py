@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from sppnet.core.atomic import write_atomic
+from sppnet.core.errors import InvalidInput
 from sppnet.reproduce.builtin_data import (
     DEFAULT_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
@@ -82,7 +83,7 @@ class DetectionSettings:
         }
         for message, ok in checks.items():
             if not ok:
-                raise ValueError(f"DetectionSettings: {message}; got {self}")
+                raise InvalidInput(f"DetectionSettings: {message}; got {self}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,15 +126,15 @@ def make_detection_dataset(
     settings = settings or DetectionSettings()
     out = Path(out)
     if source not in SOURCES:
-        raise ValueError(f"unknown dataset source {source!r}: choose one of {', '.join(SOURCES)}")
+        raise InvalidInput(f"unknown dataset source {source!r}: choose one of {', '.join(SOURCES)}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        raise InvalidInput(f"seed must be a non-negative integer; got {seed!r}")
     counts = _split_counts(n, splits)
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
-        raise ValueError(f"workers must be >= 1; got {workers}")
+        raise InvalidInput(f"workers must be >= 1; got {workers}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"output {out} already exists and is not empty: choose another --out or remove it")
+        raise InvalidInput(f"output {out} already exists and is not empty: choose another --out or remove it")
 
     pools: dict[str, list[np.ndarray]] = {}
     items: dict[str, np.ndarray] = {}
@@ -301,19 +302,19 @@ def _split_counts(n: int, splits: Sequence[tuple[str, float]]) -> dict[str, int]
     names = [name for name, _ in splits]
     fractions = np.array([fraction for _, fraction in splits], dtype=np.float64)
     if not names or len(set(names)) != len(names) or "trainval" in names:
-        raise ValueError(
+        raise InvalidInput(
             f"splits need distinct names other than 'trainval' (it is written as train + val); got {names}"
         )
     if not all(name and name.replace("_", "").replace("-", "").isalnum() for name in names):
-        raise ValueError(f"split names must be letters, digits, '_' or '-'; got {names}")
+        raise InvalidInput(f"split names must be letters, digits, '_' or '-'; got {names}")
     if not (np.isfinite(fractions).all() and (fractions > 0).all() and abs(fractions.sum() - 1) < 1e-9):
-        raise ValueError(f"split fractions must be positive and sum to 1; got {dict(splits)}")
+        raise InvalidInput(f"split fractions must be positive and sum to 1; got {dict(splits)}")
     if not isinstance(n, int) or isinstance(n, bool) or n < len(names):
-        raise ValueError(f"n must be an integer of at least one image per split ({len(names)}); got {n!r}")
+        raise InvalidInput(f"n must be an integer of at least one image per split ({len(names)}); got {n!r}")
     exact = n * fractions
     counts = np.floor(exact).astype(int)
     for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
         counts[i] += 1
     if (counts < 1).any():
-        raise ValueError(f"n={n} leaves a split of {dict(splits)} without images: use a larger n")
+        raise InvalidInput(f"n={n} leaves a split of {dict(splits)} without images: use a larger n")
     return dict(zip(names, counts.tolist(), strict=True))

@@ -17,6 +17,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from sppnet.core.atomic import read_json, sha256, write_atomic
+from sppnet.core.errors import ArtifactError
 from sppnet.core.manifest import read_run_info
 from sppnet.core.runs import load_model, load_preprocess
 from sppnet.reproduce.detection.bbox_regression import BBoxRegressionConfig, BBoxRegressor
@@ -86,9 +87,9 @@ def _read(out: Path, entry: dict[str, str]) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"{path} cannot be read ({e.strerror}): {FIX}") from e
+        raise ArtifactError(f"{path} cannot be read ({e.strerror}): {FIX}") from e
     if sha256(data) != entry["sha256"]:
-        raise ValueError(f"{path} does not match {out / INFO} (sha256): the file was changed or truncated; {FIX}")
+        raise ArtifactError(f"{path} does not match {out / INFO} (sha256): the file was changed or truncated; {FIX}")
     return data
 
 
@@ -97,9 +98,9 @@ def load_detectors(out: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, An
     out = Path(out)
     info = read_json(out / INFO, "detector description", FIX)
     if info.get("format") != FORMAT:
-        raise ValueError(f"{out / INFO} is not an sppnet detector description: {FIX}")
+        raise ArtifactError(f"{out / INFO} is not an sppnet detector description: {FIX}")
     if read_run_info(info["run_dir"]).card.weights.sha256 != info["backbone_sha256"]:
-        raise ValueError(f"the backbone run {info['run_dir']} changed since the detector was trained: {FIX}")
+        raise ArtifactError(f"the backbone run {info['run_dir']} changed since the detector was trained: {FIX}")
     model, pre = load_model(info["run_dir"]), load_preprocess(info["run_dir"])
     num_classes = len(info["classes"])
     tuned = None

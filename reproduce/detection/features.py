@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sppnet.core.errors import InvalidInput
 from sppnet.core.models import SPPNet
 from sppnet.core.networks import feature_sizes, feature_stride
 from sppnet.core.preprocess import Preprocess, resize_to, short_side_size, subtract_mean, to_chw_batch
@@ -40,13 +41,13 @@ RELEASE_SHRINK = 6.5
 
 def _check_rule(rule: str, what: str) -> None:
     if rule not in RULES:
-        raise ValueError(f"{what}: unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+        raise InvalidInput(f"{what}: unknown rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
 def _check_scales(scales: Sequence[int]) -> tuple[int, ...]:
     scales = tuple(int(s) for s in scales)
     if not scales or min(scales) < 1:
-        raise ValueError(f"scales must be a non-empty list of short-side lengths >= 1; got {scales}")
+        raise InvalidInput(f"scales must be a non-empty list of short-side lengths >= 1; got {scales}")
     return scales
 
 
@@ -56,11 +57,11 @@ def _as_boxes(boxes: np.ndarray, what: str) -> np.ndarray:
     if boxes.size == 0:
         boxes = boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{what} expects boxes of shape (K, 4) as (x1, y1, x2, y2); got {boxes.shape}")
+        raise InvalidInput(f"{what} expects boxes of shape (K, 4) as (x1, y1, x2, y2); got {boxes.shape}")
     bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
+        raise InvalidInput(
             f"{what}: box {i} {boxes[i].tolist()} is not finite or has x2 < x1 or y2 < y1: boxes are "
             "(x1, y1, x2, y2) with the right/bottom pixel included; drop degenerate proposals first"
         )
@@ -70,9 +71,9 @@ def _as_boxes(boxes: np.ndarray, what: str) -> np.ndarray:
 def _as_image(image_bgr: np.ndarray, what: str) -> np.ndarray:
     if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         shape = image_bgr.shape if isinstance(image_bgr, np.ndarray) else type(image_bgr).__name__
-        raise ValueError(f"{what} expects an (H, W, 3) BGR image; got {shape}: decode with images.load_bgr")
+        raise InvalidInput(f"{what} expects an (H, W, 3) BGR image; got {shape}: decode with images.load_bgr")
     if min(image_bgr.shape[:2]) < 1:
-        raise ValueError(f"{what} got an empty image of shape {image_bgr.shape}")
+        raise InvalidInput(f"{what} got an empty image of shape {image_bgr.shape}")
     return image_bgr.astype(np.float32, copy=False)
 
 
@@ -83,7 +84,7 @@ def clip_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
     outside = (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
-        raise ValueError(
+        raise InvalidInput(
             f"clip_boxes: box {i} {boxes[i].tolist()} lies wholly outside the {height}x{width} (HxW) image; "
             "drop it, or pass boxes in this image's pixels"
         )
@@ -101,7 +102,7 @@ def scale_boxes(boxes: np.ndarray, factor: float | tuple[float, float]) -> np.nd
     boxes = _as_boxes(boxes, "scale_boxes")
     fx, fy = (float(factor), float(factor)) if np.isscalar(factor) else (float(factor[0]), float(factor[1]))
     if not (fx > 0 and fy > 0):
-        raise ValueError(f"scale_boxes: factors must be > 0; got ({fx}, {fy})")
+        raise InvalidInput(f"scale_boxes: factors must be > 0; got ({fx}, {fy})")
     x1, y1 = boxes[:, 0] * fx, boxes[:, 1] * fy
     x2, y2 = (boxes[:, 2] + 1) * fx - 1, (boxes[:, 3] + 1) * fy - 1
     return np.stack([x1, y1, np.maximum(x2, x1), np.maximum(y2, y1)], axis=1)
@@ -141,7 +142,7 @@ def release_boxes_to_cells(
     """
     boxes = _as_boxes(boxes, "release_boxes_to_cells")
     if int(stride) != stride or stride < 1 or map_h < 1 or map_w < 1:
-        raise ValueError(
+        raise InvalidInput(
             f"release_boxes_to_cells needs an integer stride >= 1 and a map of at least 1x1 cells; "
             f"got stride {stride}, map {map_h}x{map_w}"
         )
@@ -210,7 +211,7 @@ class FeatureConfig:
         _check_rule(self.mapping, "FeatureConfig.mapping")
         _check_rule(self.scale_rule, "FeatureConfig.scale_rule")
         if self.target is not None and self.target < 1:
-            raise ValueError(f"FeatureConfig.target must be >= 1 pixels (or None); got {self.target}")
+            raise InvalidInput(f"FeatureConfig.target must be >= 1 pixels (or None); got {self.target}")
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def _new_timing() -> dict[str, float]:
 
 def _require_spp(model: SPPNet, what: str) -> SpatialPyramidPooling:
     if not isinstance(model.pool, SpatialPyramidPooling):
-        raise ValueError(f"{what} needs an SPP model (spp=True); use rcnn_features for the no-SPP baseline")
+        raise InvalidInput(f"{what} needs an SPP model (spp=True); use rcnn_features for the no-SPP baseline")
     return model.pool
 
 
@@ -300,7 +301,7 @@ def pool_features(
     scale_index = np.asarray(scale_index, dtype=np.int64).reshape(-1)
     in_range = scale_index.size == 0 or (scale_index.min() >= 0 and scale_index.max() < len(pyramid))
     if scale_index.shape[0] != boxes.shape[0] or not in_range:
-        raise ValueError(
+        raise InvalidInput(
             f"pool_features: scale_index needs one index in [0, {len(pyramid)}) per box ({boxes.shape[0]}); "
             f"got shape {scale_index.shape}"
         )
@@ -325,7 +326,7 @@ def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
     layers = tuple(dict.fromkeys(layers))
     unknown = [layer for layer in layers if layer not in LAYERS]
     if not layers or unknown:
-        raise ValueError(f"unknown feature layer(s) {unknown or 'none given'}: choose from {', '.join(LAYERS)}")
+        raise InvalidInput(f"unknown feature layer(s) {unknown or 'none given'}: choose from {', '.join(LAYERS)}")
     return layers
 
 
@@ -346,7 +347,7 @@ def _fc_outputs(model: SPPNet, pooled: Tensor, layers: Sequence[str], batch: int
 def fc_features(model: SPPNet, pooled: Tensor, layer: Layer = "fc7", batch: int = 1024) -> Tensor:
     """(K, fc width): pooled SPP vectors through the classifier up to `layer`'s ReLU, eval mode, in chunks."""
     if layer not in ("fc6", "fc7"):
-        raise ValueError(f"fc_features: layer must be 'fc6' or 'fc7'; got {layer!r}")
+        raise InvalidInput(f"fc_features: layer must be 'fc6' or 'fc7'; got {layer!r}")
     return _fc_outputs(model, pooled, (layer,), batch)[layer]
 
 
@@ -414,7 +415,7 @@ def rcnn_warp(
     """
     image = _as_image(image_bgr, "rcnn_warp")
     if context_pad < 0 or 2 * context_pad >= size:
-        raise ValueError(f"rcnn_warp needs 0 <= context_pad < size / 2; got context_pad {context_pad}, size {size}")
+        raise InvalidInput(f"rcnn_warp needs 0 <= context_pad < size / 2; got context_pad {context_pad}, size {size}")
     height, width = image.shape[:2]
     x1, y1, x2, y2 = clip_boxes(np.asarray([box]), (height, width))[0] + 1.0  # R-CNN's 1-based pixels
     grow = size / (size - 2 * context_pad)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike
 from torch import nn
 
+from sppnet.core.errors import InvalidInput
 from sppnet.core.models import SPPNet
 from sppnet.reproduce.detection.boxes import as_boxes, box_iou
 from sppnet.reproduce.solver import SolverConfig, build_solver, lr_at, set_epoch_lr
@@ -45,13 +46,13 @@ def label_windows(
     Ground truth boxes come first and are foreground windows of their own class, as in R-CNN.
     """
     if not 0 <= bg_lo <= bg_hi <= fg_iou <= 1:
-        raise ValueError(f"label_windows needs 0 <= bg_lo <= bg_hi <= fg_iou <= 1; got {bg_lo}, {bg_hi}, {fg_iou}")
+        raise InvalidInput(f"label_windows needs 0 <= bg_lo <= bg_hi <= fg_iou <= 1; got {bg_lo}, {bg_hi}, {fg_iou}")
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
     if gt_labels.shape[0] != gt_boxes.shape[0]:
-        raise ValueError(f"label_windows: {gt_boxes.shape[0]} gt boxes but {gt_labels.shape[0]} gt labels")
+        raise InvalidInput(f"label_windows: {gt_boxes.shape[0]} gt boxes but {gt_labels.shape[0]} gt labels")
     if (gt_labels < 1).any():
-        raise ValueError(f"label_windows: gt labels are classes 1..C (0 is background); got {gt_labels.tolist()}")
+        raise InvalidInput(f"label_windows: gt labels are classes 1..C (0 is background); got {gt_labels.tolist()}")
     windows = with_ground_truth(proposals, gt_boxes)
     labels = np.full(windows.shape[0], UNUSED, dtype=np.int64)
     if gt_boxes.shape[0] == 0:
@@ -92,14 +93,14 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1 or self.eval_interval < 1 or self.eval_batch_size < 1:
-            raise ValueError(
+            raise InvalidInput(
                 "FinetuneConfig: iterations, batch_size, eval_interval and eval_batch_size must be >= 1; got "
                 f"{self.iterations}, {self.batch_size}, {self.eval_interval}, {self.eval_batch_size}"
             )
         if not 0 < self.fg_fraction <= 1:
-            raise ValueError(f"FinetuneConfig.fg_fraction must be in (0, 1]; got {self.fg_fraction}")
+            raise InvalidInput(f"FinetuneConfig.fg_fraction must be in (0, 1]; got {self.fg_fraction}")
         if self.select_by not in ("accuracy", "loss"):
-            raise ValueError(f"FinetuneConfig.select_by must be 'accuracy' or 'loss'; got {self.select_by!r}")
+            raise InvalidInput(f"FinetuneConfig.select_by must be 'accuracy' or 'loss'; got {self.select_by!r}")
 
     @property
     def foreground_per_batch(self) -> int:
@@ -145,7 +146,7 @@ class BalancedSampler:
         self.num_background = batch_size - self.num_foreground
         foreground, background = np.flatnonzero(labels > 0), np.flatnonzero(labels == BACKGROUND)
         if (self.num_foreground and not foreground.size) or (self.num_background and not background.size):
-            raise ValueError(
+            raise InvalidInput(
                 f"BalancedSampler needs foreground and background windows for {self.num_foreground} + "
                 f"{self.num_background} per batch; got {foreground.size} foreground and {background.size} "
                 "background: check the window labels (label_windows) and the IoU thresholds"
@@ -185,11 +186,12 @@ class FinetuneHistory:
 
 def _check_split(name: str, pool5: np.ndarray, labels: np.ndarray, dim: int, num_classes: int) -> None:
     if pool5.ndim != 2 or pool5.shape[1] != dim:
-        raise ValueError(f"finetune_fc: {name} pool5 must be (K, {dim}) to match fc6; got shape {pool5.shape}")
+        raise InvalidInput(f"finetune_fc: {name} pool5 must be (K, {dim}) to match fc6; got shape {pool5.shape}")
     if labels.shape != (pool5.shape[0],):
-        raise ValueError(f"finetune_fc: {name} has {pool5.shape[0]} windows but labels of shape {labels.shape}")
+        raise InvalidInput(f"finetune_fc: {name} has {pool5.shape[0]} windows but labels of shape {labels.shape}")
     if labels.size and (labels.min() < UNUSED or labels.max() > num_classes):
-        raise ValueError(f"finetune_fc: {name} labels must be in -1..{num_classes}; got {labels.min()}..{labels.max()}")
+        found = f"{labels.min()}..{labels.max()}"
+        raise InvalidInput(f"finetune_fc: {name} labels must be in -1..{num_classes}; got {found}")
 
 
 @torch.no_grad()
@@ -199,7 +201,7 @@ def evaluate_windows(
     """(mean softmax loss, accuracy) of `classifier` (in eval mode) over the windows with label >= 0."""
     used = np.flatnonzero(np.asarray(labels) >= 0)
     if not used.size:
-        raise ValueError("evaluate_windows: no window has a label >= 0")
+        raise InvalidInput("evaluate_windows: no window has a label >= 0")
     device = next(classifier.parameters()).device
     was_training = classifier.training
     classifier.eval()
@@ -252,7 +254,7 @@ def finetune_fc(
     """
     config = config or FinetuneConfig()
     if num_classes < 1:
-        raise ValueError(f"finetune_fc: num_classes must be >= 1; got {num_classes}")
+        raise InvalidInput(f"finetune_fc: num_classes must be >= 1; got {num_classes}")
     classifier = model.classifier
     labels_train = np.asarray(labels_train, dtype=np.int64).reshape(-1)
     labels_val = np.asarray(labels_val, dtype=np.int64).reshape(-1)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sppnet.core.errors import InvalidInput
 from sppnet.core.images import load_bgr
 from sppnet.core.models import SPPNet
 from sppnet.core.preprocess import Preprocess
@@ -96,7 +97,7 @@ def extract(
 ) -> SplitFeatures:
     """pool5 features of every window (`with_gt`: ground-truth boxes first, as training expects)."""
     if mode not in MODES:
-        raise ValueError(f"unknown detection mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise InvalidInput(f"unknown detection mode {mode!r}: choose one of {', '.join(MODES)}")
     out = SplitFeatures([], [], [], [], {"prep": 0.0, "conv": 0.0, "pool": 0.0, "fc": 0.0})
     for number, (image, boxes) in enumerate(zip(images, proposals, strict=True)):
         gt = image.boxes if with_gt else np.zeros((0, 4))

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from sppnet.core.atomic import sha256, write_atomic
+from sppnet.core.errors import InvalidInput
 from sppnet.core.images import ImageError, decode_bgr
 from sppnet.reproduce.detection.boxes import valid_boxes
 
@@ -45,7 +46,7 @@ class ProposalSettings:
 
     def __post_init__(self) -> None:
         if self.max_proposals < 1 or self.min_size < 1 or (self.max_side is not None and self.max_side < 16):
-            raise ValueError(f"ProposalSettings needs max_proposals >= 1, min_size >= 1, max_side >= 16; got {self}")
+            raise InvalidInput(f"ProposalSettings needs max_proposals >= 1, min_size >= 1, max_side >= 16; got {self}")
 
 
 def selective_search(image: np.ndarray, settings: ProposalSettings = ProposalSettings()) -> np.ndarray:
@@ -55,7 +56,7 @@ def selective_search(image: np.ndarray, settings: ProposalSettings = ProposalSet
     and at most `max_proposals`, in OpenCV's order. An image with no proposal left gives a (0, 4) array.
     """
     if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-        raise ValueError(f"selective_search expects an (H, W, 3) BGR image; got shape {image.shape}")
+        raise InvalidInput(f"selective_search expects an (H, W, 3) BGR image; got shape {image.shape}")
     bgr = image if image.dtype == np.uint8 else np.rint(np.clip(image, 0, 255)).astype(np.uint8)
     height, width = bgr.shape[:2]
     scale = 1.0

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.svm import LinearSVC
 
+from sppnet.core.errors import InvalidInput
 from sppnet.reproduce.detection.boxes import as_boxes, box_iou
 from sppnet.reproduce.detection.finetune import with_ground_truth
 
@@ -26,7 +27,7 @@ def normalise_features(features: np.ndarray, scale: float | None = None) -> tupl
     if scale is None:
         mean_norm = float(np.linalg.norm(np.asarray(features, dtype=np.float64), axis=1).mean()) if len(features) else 0
         if mean_norm <= 0:
-            raise ValueError("normalise_features needs at least one window with a non-zero feature vector")
+            raise InvalidInput("normalise_features needs at least one window with a non-zero feature vector")
         scale = FEATURE_NORM / mean_norm
     dtype = features.dtype if np.issubdtype(features.dtype, np.floating) else np.float64
     return features * np.asarray(scale, dtype=dtype), float(scale)
@@ -44,12 +45,12 @@ class ImageWindows:
     def __post_init__(self) -> None:
         k = self.features.shape[0]
         if self.features.ndim != 2 or self.gt_classes.shape != (k,) or self.overlaps.ndim != 2:
-            raise ValueError(
+            raise InvalidInput(
                 f"ImageWindows needs features (K, D), gt_classes (K,) and overlaps (K, C); got shapes "
                 f"{self.features.shape}, {self.gt_classes.shape}, {self.overlaps.shape}"
             )
         if self.overlaps.shape[0] != k:
-            raise ValueError(f"ImageWindows: {k} feature rows but {self.overlaps.shape[0]} overlap rows")
+            raise InvalidInput(f"ImageWindows: {k} feature rows but {self.overlaps.shape[0]} overlap rows")
 
     @classmethod
     def from_boxes(
@@ -64,13 +65,13 @@ class ImageWindows:
         gt_boxes = as_boxes(gt_boxes, "gt_boxes")
         gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
         if gt_labels.shape[0] != gt_boxes.shape[0] or (gt_labels < 1).any() or (gt_labels > num_classes).any():
-            raise ValueError(
+            raise InvalidInput(
                 f"ImageWindows.from_boxes: need one label in 1..{num_classes} per gt box; got {gt_labels.tolist()} "
                 f"for {gt_boxes.shape[0]} boxes"
             )
         windows = with_ground_truth(proposals, gt_boxes)
         if features.shape[0] != windows.shape[0]:
-            raise ValueError(
+            raise InvalidInput(
                 f"ImageWindows.from_boxes: {features.shape[0]} feature rows for {windows.shape[0]} windows "
                 f"({gt_boxes.shape[0]} gt + proposals); compute features on with_ground_truth(proposals, gt_boxes)"
             )
@@ -99,9 +100,9 @@ class SVMConfig:
 
     def __post_init__(self) -> None:
         if self.C <= 0 or self.positive_weight <= 0 or self.bias_multiplier <= 0 or self.feature_norm <= 0:
-            raise ValueError("SVMConfig: C, positive_weight, bias_multiplier and feature_norm must be > 0")
+            raise InvalidInput("SVMConfig: C, positive_weight, bias_multiplier and feature_norm must be > 0")
         if self.initial_negatives < 1:
-            raise ValueError(f"SVMConfig.initial_negatives must be >= 1; got {self.initial_negatives}")
+            raise InvalidInput(f"SVMConfig.initial_negatives must be >= 1; got {self.initial_negatives}")
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class SVMBank:
 def _fit(positives: np.ndarray, negatives: np.ndarray, config: SVMConfig) -> tuple[np.ndarray, float]:
     """(w, b) of liblinear's L1-hinge SVM on scaled features (R-CNN: -s 3 -w1 2 -c 1e-3 -B 10)."""
     if not len(negatives):
-        raise ValueError("train_svms: a class has positives but no negatives (IoU < negative_iou) to train against")
+        raise InvalidInput("train_svms: a class has positives but no negatives (IoU < negative_iou) to train against")
     x = np.concatenate([positives, negatives]).astype(np.float64)
     y = np.concatenate([np.ones(len(positives)), -np.ones(len(negatives))])
     svm = LinearSVC(
@@ -190,7 +191,7 @@ def train_svms(
     """
     config = config or SVMConfig()
     if num_classes < 1:
-        raise ValueError(f"train_svms: num_classes must be >= 1; got {num_classes}")
+        raise InvalidInput(f"train_svms: num_classes must be >= 1; got {num_classes}")
     classes = range(1, num_classes + 1)
     positives, subsets, mean_norm = _collect(images, num_classes, config)
     k = np.float32(config.feature_norm / mean_norm if scale is None else scale)
@@ -242,7 +243,7 @@ def _collect(
     norm_sum, norm_count = 0.0, 0
     for i, image in enumerate(images):
         if image.overlaps.shape[1] != num_classes:
-            raise ValueError(
+            raise InvalidInput(
                 f"train_svms: image {i} has overlaps for {image.overlaps.shape[1]} classes, not {num_classes}"
             )
         features = np.asarray(image.features, dtype=np.float32)
@@ -254,5 +255,5 @@ def _collect(
             keys = np.random.default_rng([config.seed, c, i]).random(len(negatives))
             subsets[c].offer(keys, np.stack([np.full(len(negatives), i), negatives], axis=1), features[negatives])
     if norm_count == 0 or norm_sum <= 0:
-        raise ValueError("train_svms needs at least one window with a non-zero feature vector")
+        raise InvalidInput("train_svms needs at least one window with a non-zero feature vector")
     return {c: np.concatenate(positives[c]) for c in classes}, subsets, norm_sum / norm_count

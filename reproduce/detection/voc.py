@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from sppnet.core.atomic import write_atomic
+from sppnet.core.errors import BadData
 from sppnet.reproduce.datasets import VOC_CLASSES, _read_lines, _voc2007_dir
 from sppnet.reproduce.detection.boxes import as_boxes, valid_boxes
 
@@ -48,12 +49,12 @@ class DetImage:
         labels = np.array(self.labels, dtype=np.int64).reshape(-1)
         difficult = np.array(self.difficult, dtype=bool).reshape(-1)
         if not (boxes.shape[0] == labels.shape[0] == difficult.shape[0]):
-            raise ValueError(
+            raise BadData(
                 f"DetImage {self.image_id}: {boxes.shape[0]} boxes, {labels.shape[0]} labels and "
                 f"{difficult.shape[0]} difficult flags; pass one label and one flag per box"
             )
         if self.width < 1 or self.height < 1:
-            raise ValueError(f"DetImage {self.image_id}: size {self.width}x{self.height}; both must be >= 1")
+            raise BadData(f"DetImage {self.image_id}: size {self.width}x{self.height}; both must be >= 1")
         for array in (boxes, labels, difficult):
             array.setflags(write=False)
         object.__setattr__(self, "path", Path(self.path))
@@ -80,7 +81,7 @@ def parse_annotation(path: str | os.PathLike[str], classes: Sequence[str] = VOC_
     path = Path(path)
     root = _parse_xml(path)
     if root.tag != "annotation":
-        raise ValueError(f"VOC annotation {path}: the root element is <{root.tag}>, not <annotation>; {_FIX_FILE}")
+        raise BadData(f"VOC annotation {path}: the root element is <{root.tag}>, not <annotation>; {_FIX_FILE}")
     width = _size_field(root, "width", path)
     height = _size_field(root, "height", path)
     class_index = {name: label for label, name in enumerate(classes, start=1)}
@@ -199,27 +200,27 @@ def write_annotation(
     """
     path = Path(path)
     if path.name != f"{image_id}.xml":
-        raise ValueError(f"write_annotation: {path} must be named {image_id}.xml (VOC reads the id from the name)")
+        raise BadData(f"write_annotation: {path} must be named {image_id}.xml (VOC reads the id from the name)")
     boxes = as_boxes(boxes, "write_annotation boxes")
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     difficult = np.asarray(difficult, dtype=bool).reshape(-1)
     if not (boxes.shape[0] == labels.shape[0] == difficult.shape[0]):
-        raise ValueError(
+        raise BadData(
             f"write_annotation {path}: {boxes.shape[0]} boxes, {labels.shape[0]} labels, {difficult.shape[0]} "
             "difficult flags; pass one label and one flag per box"
         )
     if width < 1 or height < 1:
-        raise ValueError(f"write_annotation {path}: size {width}x{height}; width and height must be >= 1")
+        raise BadData(f"write_annotation {path}: size {width}x{height}; width and height must be >= 1")
     bad_label = (labels < 1) | (labels > len(classes))
     if bad_label.any():
-        raise ValueError(
+        raise BadData(
             f"write_annotation {path}: label {int(labels[bad_label][0])} is not in 1..{len(classes)}; "
             "labels are 1-based class numbers (0 is background)"
         )
     inside = (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) & (boxes[:, 2] <= width - 1) & (boxes[:, 3] <= height - 1)
     bad_box = ~(valid_boxes(boxes) & inside)
     if bad_box.any():
-        raise ValueError(
+        raise BadData(
             f"write_annotation {path}: box {boxes[bad_box][0].tolist()} is not a valid box inside the {width}x{height} "
             "image; boxes are 0-based (x1, y1, x2, y2) with x1 <= x2 <= width - 1 and y1 <= y2 <= height - 1"
         )
@@ -248,15 +249,15 @@ def _parse_xml(path: Path) -> ET.Element:
     try:
         tree = SafeET.parse(path, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except defusedxml.DefusedXmlException as error:
-        raise ValueError(
+        raise BadData(
             f"VOC annotation {path}: refused for safety ({type(error).__name__}: a DTD, entity declaration or "
             f"external reference, which VOC annotations never contain); {_FIX_FILE}"
         ) from None
     except ET.ParseError as error:
-        raise ValueError(f"VOC annotation {path}: not well-formed XML ({error}); {_FIX_FILE}") from None
+        raise BadData(f"VOC annotation {path}: not well-formed XML ({error}); {_FIX_FILE}") from None
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise ValueError(
+        raise BadData(
             f"VOC annotation {path}: cannot be read ({reason}); check the file and its access rights"
         ) from None
     return tree.getroot()
@@ -277,7 +278,7 @@ def _size_field(root: ET.Element, tag: str, path: Path) -> int:
         value = float("nan")
     if not (np.isfinite(value) and value >= 1 and value.is_integer()):
         got = "missing" if text is None else repr(text)
-        raise ValueError(f"VOC annotation {path}: <size><{tag}> is {got}, expected a positive integer; {_FIX_FILE}")
+        raise BadData(f"VOC annotation {path}: <size><{tag}> is {got}, expected a positive integer; {_FIX_FILE}")
     return int(value)
 
 

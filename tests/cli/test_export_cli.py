@@ -40,7 +40,7 @@ def test_export_parity_and_build_a_trained_run(capsys: pytest.CaptureFixture[str
 def test_bench_export_prints_times_and_sizes_per_engine(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     code, out, err = run(
         capsys, "bench", "export", "--networks", "convnet5_cpu", "--scales", "96", "--precision", "fp16",
-        "--out", str(tmp_path),
+        "--plugin", "--out", str(tmp_path),
     )  # fmt: skip
     assert code == 0, err
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("convnet5_cpu")}
@@ -48,6 +48,7 @@ def test_bench_export_prints_times_and_sizes_per_engine(capsys: pytest.CaptureFi
         "convnet5_cpu_96x96_fp16.onnx", "convnet5_cpu_dynamic_fp16.onnx", "convnet5_cpu_dynamic_plugin_fp16.onnx"
     }  # fmt: skip
     assert float(rows["convnet5_cpu_96x96_fp16.onnx"][3]) > 0  # engine MiB
+    assert "no plugins" in " ".join(rows["convnet5_cpu_dynamic_plugin_fp16.onnx"])  # exported on request, not built
     assert "built 2 engines" in out and not any(tmp_path.iterdir())  # timed, then removed
 
 
@@ -55,7 +56,7 @@ def test_bench_export_prints_times_and_sizes_per_engine(capsys: pytest.CaptureFi
     ("argv", "message"),
     [
         (["export", "--network", "zf5", "--scales", "30", "--out", "{tmp}/x"], "too small for zf5"),
-        (["export", "--out", "{tmp}/x"], "--checkpoint RUN (a trained run) or --network NAME"),
+        (["export", "--out", "{tmp}/x"], "--checkpoint RUN (a run) or --network NAME"),
         (["export", "--checkpoint", "{run}", "--network", "zf5", "--out", "{tmp}/x"], "holds a zf5_cpu model"),
         (["export", "--checkpoint", "{tmp}", "--out", "{tmp}/x"], "no model description"),
         (["build", "--onnx", "{tmp}", "--out", "{tmp}/e"], "no ONNX export manifest"),
@@ -125,7 +126,7 @@ def test_infer_prints_topk_and_route_per_image_in_order_and_exits_1_on_a_bad_ima
     assert all(len(line["topk"]) == 3 for line in (lines[0], lines[2]))
 
     code, out, _ = run(capsys, "infer", images[0], "--engines", str(trained_run), "--backend", "torch")
-    assert code == 0 and "[torch profile 0 at 112x168]" in out
+    assert code == 0 and "[model.safetensors profile 0 at 112x168]" in out
     code, _, err = run(capsys, "infer", images[0], "--engines", str(onnx_dir), "--backend", "torch")
     assert code == 2 and "pass --backend onnxruntime" in err
 

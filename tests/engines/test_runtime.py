@@ -296,3 +296,27 @@ def test_a_model_that_fails_to_load_frees_the_ones_loaded_before_it(runtime_onnx
     with pytest.raises(BackendError, match="is corrupt"):
         Runtime(runtime_onnx)
     assert made and not any(r.is_active for r in made)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_run_directory_serves_its_precision_through_the_torch_backend(trained_run: Path, precision: str) -> None:
+    rng = np.random.default_rng(6)
+    images = [random_image(rng, 112, 112), random_image(rng, 97, 131)]
+    with (
+        Runtime(trained_run, policy=Policy("none")) as reference,
+        Runtime(trained_run, policy=Policy("none"), precision=precision) as rt,
+    ):
+        assert rt.models.kind == "run" and rt.models.precision == precision
+        want, got = reference.infer(images), rt.infer(images)
+    for a, b in zip(want, got, strict=True):
+        assert b.error is None and b.route == a.route
+        assert 0 < rel_error(b.logits, a.logits) <= TOLERANCE[precision]  # rounded, so not equal to fp32
+
+
+def test_a_precision_a_directory_cannot_serve_is_refused_naming_the_ones_it_can(
+    runtime_onnx: Path, trained_run: Path
+) -> None:
+    with pytest.raises(ValueError, match=r"a run runs in fp32, fp16, bf16, not int8: pass one of those"):
+        Runtime(trained_run, precision="int8")
+    with pytest.raises(ValueError, match=r"has no bf16 models \(it has fp16, fp32\): pass --precision fp16"):
+        Runtime(runtime_onnx, precision="bf16")
