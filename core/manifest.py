@@ -431,7 +431,7 @@ def _read(path: Path, fmt: str) -> _Reader:
         raise ManifestError(str(e)) from None
     found = (record.get("format"), record.get("version"))
     if found[0] != fmt:
-        raise ManifestError(f"{path} is a {found[0]!r} file, not an {WHAT[fmt]}: {fix}")
+        raise ManifestError(f"{path} is a {found[0]!r} file where a {fmt!r} file ({WHAT[fmt]}) belongs: {fix}")
     if found[1] not in READABLE[fmt]:
         raise ManifestError(
             f"{path} is {fmt} version {found[1]!r}, which this sppnet does not read (it reads "

@@ -17,7 +17,14 @@ import numpy as np
 from sppnet.core.bins import check_pyramid
 from sppnet.core.errors import InvalidInput, RouteError
 from sppnet.core.manifest import SizeRange
-from sppnet.core.preprocess import Preprocess, center_view, full_view, resize_to, subtract_mean
+from sppnet.core.preprocess import (
+    Preprocess,
+    center_view,
+    full_view,
+    resize_to,
+    short_side_size,
+    subtract_mean,
+)
 from sppnet.core.profiles import Profile, profile_for
 from sppnet.engines.model_set import ModelSet
 
@@ -94,22 +101,29 @@ class Route:
 
 
 def prepare(image: np.ndarray, policy: Policy, pre: Preprocess, models: ModelSet) -> View:
-    """A BGR (H, W, 3) image as network input under `policy`, fitted into the served range unless refused."""
+    """A BGR (H, W, 3) image as network input under `policy`, fitted into the served range unless refused.
+
+    A size no model takes is fitted from the decoded image in one resize (the policy's size is worked out first),
+    so an image as elongated as 1x2000 never becomes a huge intermediate array.
+    """
     if policy.name == "center-crop":
         pixels = center_view(image, pre)
-    elif policy.name == "full":
-        pixels = full_view(image, pre, policy.short_side or pre.crop)
     elif policy.name == "nearest":
         scales = list(models.fixed)
         if not scales:
             raise RouteError(f"policy 'nearest' needs fixed-size models and {models.directory} has none: use 'full'")
         pixels = subtract_mean(_cover_crop(image, _nearest_scale(image.shape[0], image.shape[1], scales)), pre)
     else:
-        pixels = subtract_mean(image.astype(np.float32), pre)
-    height, width = pixels.shape[:2]
-    if policy.outside == "error" or _route_or_none(height, width, Served.of(models)) is not None:
-        return View(pixels)
-    return View(_fit(pixels, models), (height, width))
+        side = policy.short_side or pre.crop
+        size = short_side_size(*image.shape[:2], side) if policy.name == "full" else image.shape[:2]
+        plan = None if policy.outside == "error" else _fit_plan(*size, models)
+        if plan is not None:
+            return View(subtract_mean(_resize_crop(image, *plan), pre), (size[0], size[1]))
+        if policy.name == "full":
+            return View(full_view(image, pre, side))
+        return View(subtract_mean(image.astype(np.float32), pre))
+    plan = None if policy.outside == "error" else _fit_plan(*pixels.shape[:2], models)
+    return View(pixels) if plan is None else View(_resize_crop(pixels, *plan), pixels.shape[:2])
 
 
 def _nearest_scale(height: int, width: int, scales: list[tuple[int, int]]) -> tuple[int, int]:
@@ -117,13 +131,23 @@ def _nearest_scale(height: int, width: int, scales: list[tuple[int, int]]) -> tu
     return min(scales, key=lambda s: abs(math.log(s[0] / height)) + abs(math.log(s[1] / width)))
 
 
+def _cover(height: int, width: int, target: tuple[int, int]) -> tuple[int, int]:
+    """The size (aspect kept) that covers `target`."""
+    cover = max(target[0] / height, target[1] / width)
+    return max(target[0], round(height * cover)), max(target[1], round(width * cover))
+
+
+def _resize_crop(image: np.ndarray, scaled: tuple[int, int], served: tuple[int, int]) -> np.ndarray:
+    """Resize to `scaled`, then take the centred `served` crop."""
+    if scaled != image.shape[:2]:
+        image = resize_to(image, *scaled)
+    top, left = (scaled[0] - served[0]) // 2, (scaled[1] - served[1]) // 2
+    return np.ascontiguousarray(image[top : top + served[0], left : left + served[1]])
+
+
 def _cover_crop(image: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     """Resize (aspect kept) to cover `target`, then centre-crop to it."""
-    h, w = image.shape[:2]
-    cover = max(target[0] / h, target[1] / w)
-    resized = resize_to(image, max(target[0], round(h * cover)), max(target[1], round(w * cover)))
-    top, left = (resized.shape[0] - target[0]) // 2, (resized.shape[1] - target[1]) // 2
-    return np.ascontiguousarray(resized[top : top + target[0], left : left + target[1]])
+    return _resize_crop(image, _cover(*image.shape[:2], target), target)
 
 
 def fitted_size(height: int, width: int, low: int, high_h: int, high_w: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -139,19 +163,18 @@ def fitted_size(height: int, width: int, low: int, high_h: int, high_w: int) -> 
     return scaled, (min(scaled[0], high_h), min(scaled[1], high_w))
 
 
-def _fit(pixels: np.ndarray, models: ModelSet) -> np.ndarray:
-    """The view fitted into the dynamic model's range, or onto the nearest fixed scale when there is none."""
+def _fit_plan(height: int, width: int, models: ModelSet) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(scaled, served) sizes that bring a height x width input into what `models` serve, or None if they take it:
+    the dynamic model's range, or the nearest fixed scale (cover, then centre crop) when there is none."""
+    if _route_or_none(height, width, Served.of(models)) is not None:
+        return None
     dynamic = models.dynamic
-    height, width = pixels.shape[:2]
     if dynamic is None:
-        return _cover_crop(pixels, _nearest_scale(height, width, list(models.fixed)))
+        target = _nearest_scale(height, width, list(models.fixed))
+        return _cover(height, width, target), target
     low = min(p.min[2] for p in dynamic.profiles)
     high_h, high_w = max(p.max[2] for p in dynamic.profiles), max(p.max[3] for p in dynamic.profiles)
-    scaled, served = fitted_size(height, width, low, high_h, high_w)
-    if scaled != (height, width):
-        pixels = resize_to(pixels, *scaled)
-    top, left = (scaled[0] - served[0]) // 2, (scaled[1] - served[1]) // 2
-    return np.ascontiguousarray(pixels[top : top + served[0], left : left + served[1]])
+    return fitted_size(height, width, low, high_h, high_w)
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,9 @@ class Runtime:
 
         def done(f: Future) -> None:
             error = f.exception()
+            if error is not None and not isinstance(error, SppnetError):
+                result.set_exception(error)  # a bug: the caller gets it with its traceback
+                return
             result.set_result(self._result(index, image, item, error if error is not None else f.result()))
 
         logits.add_done_callback(done)

@@ -15,9 +15,11 @@ replay, pinned staging, TF32 settings, out-of-memory mapping.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +152,10 @@ class AOTIRunner(Runner):
             torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = self.tf32
         index = torch.device(self.device).index if self.on_gpu else None
         try:
-            self._model = torch._inductor.aoti_load_package(
-                str(self.path), run_single_threaded=self.graphs_enabled, device_index=-1 if index is None else index
-            )
+            with _quiet_scalar_load(self.manifest):
+                self._model = torch._inductor.aoti_load_package(
+                    str(self.path), run_single_threaded=self.graphs_enabled, device_index=-1 if index is None else index
+                )
         except Exception as e:  # the loader raises RuntimeError for a damaged or foreign package
             raise BackendError(f"torch cannot load {self.path} ({_first_line(e)}): {REBUILD}") from e
         found = self._model.get_metadata().get("AOTI_DEVICE_KEY", "")
@@ -262,6 +265,20 @@ class AOTIRunner(Runner):
 
             if self.on_gpu and torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _quiet_scalar_load(manifest: EngineManifest) -> Iterator[None]:
+    """Silence torch's warning that a package built with scalar CPU kernels differs from this CPU's ISA: the
+    manifest check above already compared them."""
+    logger = logging.getLogger("torch.export.pt2_archive._package")
+    level = logger.level
+    if manifest.target.get("isa") == "scalar":
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _first_line(error: BaseException) -> str:

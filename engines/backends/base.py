@@ -26,6 +26,21 @@ class TensorMeta:
     shape: tuple[int | None, ...]
 
 
+def check_feed(runner: str, meta: TensorMeta, array: np.ndarray) -> None:
+    """Refuse an input whose dtype, rank or fixed dimensions differ from the model's, naming what it takes."""
+    shape = getattr(array, "shape", None)
+    fits = (
+        isinstance(array, np.ndarray)
+        and array.dtype == meta.dtype
+        and len(array.shape) == len(meta.shape)
+        and all(want is None or want == got for want, got in zip(meta.shape, array.shape, strict=True))
+    )
+    if not fits:
+        takes = "x".join("N" if d is None else str(d) for d in meta.shape)
+        got = f"{getattr(array, 'dtype', type(array).__name__)} {shape}"
+        raise BackendError(f"{runner} input {meta.name!r} takes {meta.dtype} ({takes}); got {got}: convert it first")
+
+
 class Runner(ABC):
     """Runs one model: `infer({"image": (N, 3, H, W) float32})` -> `{"logits": (N, classes) float32}`.
 
@@ -51,9 +66,12 @@ class Runner(ABC):
     def infer(self, feed: dict[str, np.ndarray], profile: int = 0) -> dict[str, np.ndarray]:
         """Run one batch; the runner must be active and the feed must hold exactly the model's inputs."""
         self._check_active()
-        expected = [meta.name for meta in self.inputs()]
+        inputs = self.inputs()
+        expected = [meta.name for meta in inputs]
         if sorted(feed) != sorted(expected):
             raise BackendError(f"{self.name} takes inputs {expected}; got {sorted(feed)}: feed the model's input names")
+        for meta in inputs:
+            check_feed(self.name, meta, feed[meta.name])
         with self._lock:
             return self._infer_impl(feed, profile)
 

@@ -50,6 +50,7 @@ READERS: dict[str, Callable[..., Any]] = {
 }
 FILE = {"run": "model.json", "onnx": "manifest.json", "engines": "manifest.json"}
 WHAT = {"run": "model description", "onnx": "ONNX export manifest", "engines": "engine manifest"}
+FORMAT = {"run": "sppnet-model", "onnx": "sppnet-onnx", "engines": "sppnet-engines"}
 SIZES = SizeRange(39, 224, 16, (("conv", 7, 2, 1), ("pool", 3, 2, 0), ("conv", 5, 2, 0), ("pool", 3, 2, 0)))
 BATCHES = {"opt_batch": 4, "max_batch": 8}
 
@@ -271,7 +272,7 @@ def test_a_manifest_of_another_format_is_refused(kind: str, other: str, what: st
     make(other, tmp_path)
     if kind == "run":  # the other manifest where a run's model.json should be
         (tmp_path / "manifest.json").rename(tmp_path / "model.json")
-    refused(kind, tmp_path, what, f"not a{'n' if kind != 'run' else ''} {WHAT[kind]}")
+    refused(kind, tmp_path, what, f"file where a {FORMAT[kind]!r} file ({WHAT[kind]}) belongs")
 
 
 @pytest.mark.parametrize("kind", ["run", "onnx", "engines"])

@@ -402,7 +402,14 @@ def test_every_engine_matches_onnx_runtime_on_the_gpu(engine_dir: Path, tmp_path
 
     engines = Path(shutil.copytree(engine_dir, tmp_path / "engines"))  # the runtime cache is written beside them
     manifest = read_engine_manifest(engines)
-    load_backend(manifest.builder.module)
+    backend = load_backend(manifest.builder.module)
+    import torch
+
+    capability = "{}.{}".format(*torch.cuda.get_device_capability())
+    try:
+        check_engine_compatibility(manifest, backend.name, backend.version, capability)
+    except BackendError as e:  # e.g. TensorRT-RTX on Hopper (9.0), which it refuses: not this test's subject
+        pytest.skip(f"these engines cannot run on this GPU: {e}")
     onnx_dir = Path(manifest.source_dir)
     rng = np.random.default_rng(0)
     for entry in manifest.files:
