@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -459,16 +459,23 @@ def read_run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
     return RunInfo(card, r.get("train", dict, {}), r.get("origin", dict, {}))
 
 
+def _served(r: _Reader) -> dict[str, Any]:
+    """What export and engine manifests share: the card, the size range, batch limits and the model files."""
+    return {
+        "card": _card(r),
+        "sizes": _sizes(r.sub("sizes")),
+        "max_batch": r.get("max_batch", int),
+        "opt_batch": r.get("opt_batch", int),
+        "files": tuple(_file(f) for f in r.items("files")),
+    }
+
+
 def read_export_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> ExportManifest:
     """An ONNX export's manifest; with `verify`, every listed file must exist and match its sha256."""
     directory = Path(directory)
     r = _read(directory / MANIFEST, ONNX_FORMAT)
     manifest = ExportManifest(
-        card=_card(r),
-        sizes=_sizes(r.sub("sizes")),
-        max_batch=r.get("max_batch", int),
-        opt_batch=r.get("opt_batch", int),
-        files=tuple(_file(f) for f in r.items("files")),
+        **_served(r),
         opset=r.get("opset", int),
         producer=r.get("producer", dict, {}),
     )
@@ -485,11 +492,7 @@ def read_engine_manifest(directory: str | os.PathLike[str], *, verify: bool = Tr
         raise ManifestError(f"{r.where} was edited after the build (its content hash does not match): {r.fix}")
     builder, source = r.sub("builder"), r.sub("source")
     manifest = EngineManifest(
-        card=_card(r),
-        sizes=_sizes(r.sub("sizes")),
-        max_batch=r.get("max_batch", int),
-        opt_batch=r.get("opt_batch", int),
-        files=tuple(_file(f) for f in r.items("files")),
+        **_served(r),
         builder=Builder(builder.get("module", str), builder.get("version", str)),
         source_dir=source.get("dir", str),
         source_manifest_sha256=source.get("manifest_sha256", str),
@@ -546,8 +549,3 @@ def directory_kind(directory: str | os.PathLike[str]) -> DirectoryKind:
         f"{directory} is not an engine directory (`sppnet build`), an ONNX export (`sppnet export`) or a run "
         "(RUN/model.json from `sppnet train`): pass one of those"
     )
-
-
-def with_files(manifest: ExportManifest, files: Sequence[ModelFile]) -> ExportManifest:
-    """The same export manifest listing only `files`."""
-    return replace(manifest, files=tuple(files))

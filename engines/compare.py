@@ -2,7 +2,7 @@
 
 Used by `sppnet parity` (ONNX Runtime vs PyTorch), the main job's serve check (the runtime vs PyTorch) and the GPU
 check (every engine vs PyTorch and ONNX Runtime CPU). Relative error = max |got - want| over the largest |want|
-of the batch; top-1 agreement is the second figure (DESIGN.md's verification ladder).
+of the batch; top-1 agreement is the second figure.
 """
 
 from __future__ import annotations

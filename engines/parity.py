@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +76,3 @@ def check_export(
                     got = runner.infer(feed)[card.output_name]
                     rows.append(compare(got, want, name=entry.file, precision=entry.precision, size=(h, w)))
     return rows
-
-
-def all_ok(rows: Sequence[Comparison]) -> bool:
-    """Whether every comparison is within its tolerance."""
-    return all(r.ok for r in rows)

@@ -1,5 +1,5 @@
 """The package's layers import only downward (core <- reproduce <- export <- engines <- pipeline <- cli), and the
-runtime imports nothing from training or from the engine builder (DESIGN.md; issue 10)."""
+runtime imports nothing from training or from the engine builder."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -24,7 +25,6 @@ from sppnet.core.manifest import (
     ManifestError,
     read_engine_manifest,
     read_export_manifest,
-    with_files,
     write_manifest,
 )
 from sppnet.core.profiles import dynamic_profiles, fixed_profile
@@ -320,7 +320,7 @@ def test_precision_and_kind_filters_record_what_was_not_requested(rtx, tiny_onnx
     with pytest.raises(ValueError, match=r"nothing to build .*tiny_dynamic_plugin_fp32\.onnx: .*has no plugins"):
         only_plugin = copy_onnx(tiny_onnx, tmp_path)
         exported = read_export_manifest(only_plugin)
-        write_manifest(only_plugin, with_files(exported, [f for f in exported.files if f.spp_form == "plugin"]))
+        write_manifest(only_plugin, replace(exported, files=tuple(f for f in exported.files if f.spp_form == "plugin")))
         build_engines(only_plugin, tmp_path / "y", builder="tensorrt_rtx")
     with pytest.raises(ValueError, match="is the ONNX directory: choose another --out"):
         build_engines(tiny_onnx, tiny_onnx)
