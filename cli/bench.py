@@ -67,6 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     bt.add_argument("--sizes", type=parse_sizes, default=(112, 90))
     bt.add_argument("--batch-size", type=int, default=64)
     bt.add_argument("--batches", type=int, default=8, help="batches timed per part and size (8)")
+    bt.add_argument("--device", type=lambda t: t.split(","), default=["cpu"], metavar="D[,D]", help="cpu,cuda (cpu)")
+    bt.add_argument(
+        "--precision", type=lambda t: t.split(","), default=["fp32"], metavar="P[,P]", help="fp32,bf16 (fp32)"
+    )
+    bt.add_argument("--workers", type=int, default=None, help="batch-making processes (0 on the CPU, <= 8 on a GPU)")
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(run=bench_train)
 
@@ -126,5 +131,8 @@ def bench_train(args: argparse.Namespace) -> None:
 
     preprocess = get_network(args.model).default_preprocess(args.sizes)
     config = TrainConfig(model=args.model, sizes=args.sizes, batch_size=args.batch_size, preprocess=preprocess)
-    rows = bench_train(config, load_data(args.data, config), args.sizes, args.batches)
+    data = load_data(args.data, config)
+    rows = bench_train(
+        config, data, args.sizes, args.batches, devices=args.device, precisions=args.precision, workers=args.workers
+    )
     print(json.dumps([r.to_json() for r in rows]) if args.json else format_rows(rows, args.model))

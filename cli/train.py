@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sppnet.cli.args import parse_levels, parse_sizes
 from sppnet.core.bins import RULES
+from sppnet.core.devices import DEVICES, TRAIN_PRECISIONS
 from sppnet.core.networks import NETWORKS
 
 RESUME = "a training run continues from its last finished epoch with --resume"
@@ -40,6 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--rule", choices=RULES, default="adaptive")
     tr.add_argument("--on-bad", choices=["skip", "error"], default="skip", help="bad images: skip or stop")
     tr.add_argument("--resume", action="store_true", help="continue RUN from its last finished epoch")
+    device_arguments(tr, training=True)
+    tr.add_argument("--workers", type=int, default=None, help="batch-making processes (0 on the CPU, <= 8 on a GPU)")
+    tr.add_argument(
+        "--stop-gain",
+        type=float,
+        default=None,
+        metavar="PP",
+        help="stop once test top-1 error improved by less than PP over the last quarter of the epochs (off)",
+    )
     tr.set_defaults(run=train, interrupted=RESUME)
 
     ev = sub.add_parser("evaluate", help="top-1/top-5 error of a run")
@@ -49,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--mode", choices=["crop", "10view", "full", "multiview"], default="crop")
     ev.add_argument("--size", type=int, default=None, help="crop/10view: resize views to S; full: short side S")
     ev.add_argument("--json", action="store_true")
+    device_arguments(ev, training=False)
     ev.set_defaults(run=evaluate)
 
     rep = sub.add_parser("reproduce", help="the paper's experiment on the built-in data, exported and served, reported")
@@ -63,12 +74,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also the detection experiment on a built-in VOC-layout set (about 10 more minutes on 2 cores)",
     )
+    device_arguments(rep, training=True)
     rep.set_defaults(run=reproduce, interrupted=REPRODUCE_RESUME)
+
+
+def device_arguments(parser: argparse.ArgumentParser, *, training: bool) -> None:
+    """--device (and, for training, --precision): where a command computes."""
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when present, else cpu")
+    if training:
+        parser.add_argument(
+            "--precision",
+            choices=TRAIN_PRECISIONS,
+            default="fp32",
+            help="fp32, or bf16 autocast (fp32 master weights, Caffe's solver unchanged)",
+        )
 
 
 def train(args: argparse.Namespace) -> None:
     from sppnet.core.networks import get_network
     from sppnet.reproduce.solver import SolverConfig
+    from sppnet.reproduce.stats import ConvergenceRule
     from sppnet.reproduce.train import TrainConfig, train
 
     config = TrainConfig(
@@ -86,14 +111,17 @@ def train(args: argparse.Namespace) -> None:
         solver=SolverConfig(base_lr=args.lr, milestones=tuple(args.milestones or ())),
         preprocess=get_network(args.model).default_preprocess(args.sizes, args.short_side),
         on_bad=args.on_bad,
+        precision=args.precision,
+        stop=None if args.stop_gain is None else ConvergenceRule(min_gain_pp=args.stop_gain),
     )
-    train(config, args.data, args.out, resume=args.resume, progress=sys.stderr.isatty())
+    progress = sys.stderr.isatty()
+    train(config, args.data, args.out, resume=args.resume, progress=progress, device=args.device, workers=args.workers)
 
 
 def evaluate(args: argparse.Namespace) -> None:
     from sppnet.reproduce.evaluate import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.data, args.split, mode=args.mode, size=args.size)
+    result = evaluate_run(args.run_dir, args.data, args.split, mode=args.mode, size=args.size, device=args.device)
     if args.json:
         print(json.dumps(result.to_json()))
         return
@@ -109,6 +137,7 @@ def reproduce(args: argparse.Namespace) -> None:
     from sppnet.pipeline.job import run_job
 
     changes = {"source": args.source, "seeds": args.seeds, "epochs": args.epochs, "images": args.images}
-    changes = {k: v for k, v in changes.items() if v is not None} | {"with_detection": args.with_detection}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    changes |= {"with_detection": args.with_detection, "device": args.device, "precision": args.precision}
     job = ReproduceConfig.quick_run(**changes) if args.quick else ReproduceConfig(**changes)
     run_job(job, args.out)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,16 +33,7 @@ from sppnet.core.errors import BadImage, OutOfMemory, SppnetError, one_line
 from sppnet.core.images import DEFAULT_MAX_PIXELS, load_bgr
 from sppnet.core.preprocess import Preprocess, short_side_size
 from sppnet.engines.model_set import ModelSet
-from sppnet.engines.routing import (
-    Policy,
-    Route,
-    RouteError,
-    Served,
-    _nearest_scale,
-    _route_or_none,
-    fitted_size,
-    route_size,
-)
+from sppnet.engines.routing import Policy, Route, RouteError, Served, _cover, _fit_plan, _nearest_scale, route_size
 
 if TYPE_CHECKING:
     import torch
@@ -68,8 +60,9 @@ class Stage:
 
 @dataclass(frozen=True)
 class Plan:
-    """How one image becomes network input: the policy's stage (before the mean is subtracted), the stage that fits
-    it into the served range (after, as `routing.prepare` does), and its route."""
+    """How one image becomes network input: the stage from the decoded image (the mean is subtracted after it), the
+    stage that fits a cropped view into the served range (after the mean, as `routing.prepare` orders them), and
+    its route."""
 
     source: tuple[int, int]
     first: Stage
@@ -85,50 +78,49 @@ def _whole(height: int, width: int) -> Stage:
     return Stage((height, width), 0, 0, height, width)
 
 
-def _cover(height: int, width: int, target: tuple[int, int]) -> Stage:
-    """`routing._cover_crop`: resize (aspect kept) to cover `target`, then centre-crop to it."""
-    cover = max(target[0] / height, target[1] / width)
-    resized = (max(target[0], round(height * cover)), max(target[1], round(width * cover)))
-    return Stage(resized, (resized[0] - target[0]) // 2, (resized[1] - target[1]) // 2, *target)
-
-
-def _policy_stage(height: int, width: int, policy: Policy, pre: Preprocess, models: ModelSet) -> Stage:
-    if policy.name == "center-crop":
-        resized, crop = short_side_size(height, width, pre.short_side), pre.crop
-        return Stage(resized, (resized[0] - crop) // 2, (resized[1] - crop) // 2, crop, crop)
-    if policy.name == "full":
-        return _whole(*short_side_size(height, width, policy.short_side or pre.crop))
-    if policy.name == "nearest":
-        scales = list(models.fixed)
-        if not scales:
-            raise RouteError(f"policy 'nearest' needs fixed-size models and {models.directory} has none: use 'full'")
-        return _cover(height, width, _nearest_scale(height, width, scales))
-    return _whole(height, width)
-
-
-def _fit_stage(height: int, width: int, models: ModelSet) -> Stage:
-    """`routing._fit`: into the dynamic model's range (centre-cropping what is too elongated), else the nearest
-    fixed scale."""
-    dynamic = models.dynamic
-    if dynamic is None:
-        return _cover(height, width, _nearest_scale(height, width, list(models.fixed)))
-    low = min(p.min[2] for p in dynamic.profiles)
-    high_h, high_w = max(p.max[2] for p in dynamic.profiles), max(p.max[3] for p in dynamic.profiles)
-    scaled, served = fitted_size(height, width, low, high_h, high_w)
+def _resize_crop(scaled: tuple[int, int], served: tuple[int, int]) -> Stage:
+    """`routing._resize_crop`: resize to `scaled`, then the centred `served` crop."""
     return Stage(scaled, (scaled[0] - served[0]) // 2, (scaled[1] - served[1]) // 2, *served)
 
 
 def plan_view(
     height: int, width: int, policy: Policy, pre: Preprocess, models: ModelSet, served: Served | None = None
 ) -> Plan:
-    """The geometry `routing.prepare` gives an image of height x width, and its route; RouteError as `route`."""
+    """The geometry `routing.prepare` gives an image of height x width, and its route; RouteError as `route`.
+
+    Mirrors `prepare` step by step (the tests hold the two together): the policy's size first; a size no model
+    takes is fitted from the decoded image in one resize under `full` and `none`, and after the crop (and the mean)
+    under `center-crop` and `nearest`.
+    """
     served = served or Served.of(models)
-    first = _policy_stage(height, width, policy, pre, models)
-    size = (first.height, first.width)
+
+    def fit(h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        return None if policy.outside == "error" else _fit_plan(h, w, models)
+
     second, fitted = None, None
-    if policy.outside != "error" and _route_or_none(*size, served) is None:
-        second, fitted = _fit_stage(*size, models), size
-    final = (second.height, second.width) if second else size
+    if policy.name in ("center-crop", "nearest"):
+        if policy.name == "center-crop":
+            resized, crop = short_side_size(height, width, pre.short_side), pre.crop
+            first = Stage(resized, (resized[0] - crop) // 2, (resized[1] - crop) // 2, crop, crop)
+        else:
+            scales = list(models.fixed)
+            if not scales:
+                raise RouteError(
+                    f"policy 'nearest' needs fixed-size models and {models.directory} has none: use 'full'"
+                )
+            target = _nearest_scale(height, width, scales)
+            first = _resize_crop(_cover(height, width, target), target)
+        plan = fit(first.height, first.width)
+        if plan is not None:
+            second, fitted = _resize_crop(*plan), (first.height, first.width)
+    else:
+        size = (
+            short_side_size(height, width, policy.short_side or pre.crop) if policy.name == "full" else (height, width)
+        )
+        plan = fit(*size)
+        first = _whole(*size) if plan is None else _resize_crop(*plan)
+        fitted = None if plan is None else size
+    final = (second.height, second.width) if second else (first.height, first.width)
     return Plan((height, width), first, second, route_size(*final, served, fitted))
 
 
@@ -155,25 +147,24 @@ def _taps(source: torch.Tensor, resized: torch.Tensor, start: torch.Tensor, leng
 def resample(flat: torch.Tensor, meta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bilinear resize and crop of a batch of HWC images packed in one flat buffer -> (B, height, width, 3) float32.
 
-    `meta` is (B, 7) int64: per image the offset of its first value in `flat`, its height and width, the size it
-    is resized to and the crop's top and left in the resized image; every crop is `height` x `width`.
+    `meta` is (B, 7) int64: per image the offset of its first value in `flat` (a multiple of 3), its height and
+    width, the size it is resized to and the crop's top and left in the resized image; every crop is `height` x
+    `width`. Each output pixel reads its four source pixels as rows of 3 values (one `index_select` each).
     """
-    import torch
-
     offset, src_h, src_w, size_h, size_w, top, left = meta.unbind(1)
     y0, y1, wy = _taps(src_h, size_h, top, height)
     x0, x1, wx = _taps(src_w, size_w, left, width)
-    row_stride = (src_w * 3)[:, None]
-    rows = [(offset[:, None] + y * row_stride)[:, :, None, None] for y in (y0, y1)]
-    cols = [(x * 3)[:, None, :, None] for x in (x0, x1)]
-    channel = torch.arange(3, device=flat.device)
+    pixels = flat.view(-1, 3)
+    first = (offset // 3)[:, None]
+    rows = [(first + y * src_w[:, None])[:, :, None] for y in (y0, y1)]  # (B, H, 1) first pixel of each row
 
-    def at(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        return flat[row + col + channel].float()
+    def at(row: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        index = (row + x[:, None, :]).reshape(-1)
+        return pixels.index_select(0, index).view(len(meta), height, width, 3).float()
 
     wx, wy = wx[:, None, :, None], wy[:, :, None, None]
-    upper = at(rows[0], cols[0]) * (1 - wx) + at(rows[0], cols[1]) * wx  # along rows first, as cv2
-    lower = at(rows[1], cols[0]) * (1 - wx) + at(rows[1], cols[1]) * wx
+    upper = at(rows[0], x0) * (1 - wx) + at(rows[0], x1) * wx  # along rows first, as cv2
+    lower = at(rows[1], x0) * (1 - wx) + at(rows[1], x1) * wx
     return upper * (1 - wy) + lower * wy
 
 
@@ -208,6 +199,11 @@ class DevicePreprocess:
         height, width = plans[0].size
         if out is None:
             out = torch.empty((len(plans), 3, height, width), dtype=torch.float32, device=self.device)
+        if all(p.second is None and p.first == _whole(height, width) and p.source == (height, width) for p in plans):
+            # already the input size (a fixed-scale stream): no resampling, packed back to back in `flat`
+            hwc = flat[: len(plans) * height * width * 3].view(len(plans), height, width, 3).float()
+            out.copy_(self._finish(hwc).permute(0, 3, 1, 2))
+            return out
         single = [i for i, p in enumerate(plans) if p.second is None]
         if len(single) == len(plans):
             out.copy_(self._finish(resample(flat, meta, height, width)).permute(0, 3, 1, 2))
@@ -450,7 +446,8 @@ class DeviceFeed:
         run, buffer = self.calls[route.model]
         try:
             if not self.cuda:
-                x = self.pre.batch(slot.host_pixels[:total], meta, [j.plan for j in jobs])
+                with _one_thread():  # memory-bound; more threads fight ONNX Runtime's spinning pool for the cores
+                    x = self.pre.batch(slot.host_pixels[:total], meta, [j.plan for j in jobs])
                 slot.logits = self._run(run, x, route.profile)
                 return
             assert self.copy_stream is not None and self.compute_stream is not None
@@ -531,6 +528,18 @@ class DeviceFeed:
         """Stop the decoding processes and drop the buffers."""
         self.decoder.close()
         self.slots = [Slot() for _ in self.slots]
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _checked(image: np.ndarray) -> np.ndarray | Exception:

@@ -8,6 +8,7 @@ from typing import Any
 from sppnet.core.networks import get_network
 from sppnet.core.preprocess import Preprocess
 from sppnet.reproduce.solver import SolverConfig
+from sppnet.reproduce.stats import ConvergenceRule
 from sppnet.reproduce.train import TrainConfig
 
 VARIANTS = ("no_spp", "spp_single", "spp_multi")
@@ -30,6 +31,9 @@ class ReproduceConfig:
     multi_sizes: tuple[int, ...] = (112, 90)
     test_sizes: tuple[int, ...] = (90, 112, 128, 160)
     quick: bool = False
+    device: str = "auto"  # where training and evaluation run: cuda when present
+    precision: str = "fp32"  # training precision: fp32, or bf16 autocast
+    stop: ConvergenceRule | None = None  # stop each run once it has converged (else at `epochs`)
     parity_sizes: int = 50  # random sizes the dynamic ONNX models are checked at
     serve_images: int = 300  # held-out images served through the runtime
     with_detection: bool = False
@@ -70,4 +74,6 @@ class ReproduceConfig:
             seed=seed,
             solver=SolverConfig(base_lr=self.base_lr, milestones=self.milestones),
             preprocess=self.preprocess,
+            precision=self.precision,
+            stop=self.stop,
         )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sppnet.core.devices import resolve_device
 from sppnet.core.runs import load_model
 from sppnet.pipeline.config import ReproduceConfig
 from sppnet.pipeline.data import DataResult
@@ -31,6 +32,7 @@ class EvaluatedRun:
             "train_seconds": self.run.train_seconds,
             "history": list(self.run.history),
             "eval": list(self.evals),
+            "stopped": self.run.stopped,
             "wall_seconds": self.seconds,
         }
 
@@ -50,12 +52,21 @@ def evaluate_runs(
     evaluated = []
     for run in runs:
         began = time.perf_counter()
-        model = load_model(run.run_dir)
+        model = load_model(run.run_dir).to(resolve_device(job.device))
         plan = evaluation_plan(job, run.variant)
-        results = evaluate_many(model, data.decoded.test_images, data.decoded.test_labels, job.preprocess, plan)
+        labels = data.decoded.test_labels
+        results = evaluate_many(model, data.decoded.test_images, labels, job.preprocess, plan, keep_predictions=True)
         records = tuple(
-            {"mode": r.mode, "size": r.size, "n": r.n, "top1_err": r.top1_err, "top5_err": r.top5_err}
+            {
+                "mode": r.mode,
+                "size": r.size,
+                "n": r.n,
+                "top1_err": r.top1_err,
+                "top5_err": r.top5_err,
+                "correct": (r.top5[:, 0] == labels).astype(int).tolist(),  # per test image: the effects resample them
+            }
             for r in results
+            if r.top5 is not None
         )
         evaluated.append(EvaluatedRun(run, records, time.perf_counter() - began))
         log(f"evaluated {run.variant}, seed {run.seed}: " + ", ".join(_short(r) for r in records))

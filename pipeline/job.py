@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sppnet.core.devices import resolve_device
 from sppnet.pipeline.build import BuildResult, build_export
 from sppnet.pipeline.config import VARIANTS, ReproduceConfig
 from sppnet.pipeline.data import DataResult, make_data
@@ -51,10 +52,13 @@ def classification_results(
 ) -> dict[str, Any]:
     """The settings, runs and timing the classification report summarises."""
     return {
-        "format": 1,
+        "format": 2,
         "settings": {
             "network": job.network,
             "epochs": job.epochs,
+            "device": str(resolve_device(job.device)),
+            "precision": job.precision,
+            "stop": job.stop.describe() if job.stop else None,
             "seeds": list(job.seeds),
             "quick": job.quick,
             "train_sizes": {v: list(job.train_config(v, 0).sizes) for v in VARIANTS},

@@ -27,6 +27,7 @@ class TrainedRun:
     run_dir: Path
     history: tuple[dict[str, Any], ...]
     reused: bool
+    stopped: dict[str, Any]  # why it stopped: converged (and by which rule) or at its epoch budget
 
     @property
     def train_seconds(self) -> float:
@@ -47,7 +48,7 @@ def _run(
     if not finished:
         log(f"training {variant}, seed {seed}: sizes {config.sizes}, {config.epochs} epochs")
         resume = (run_dir / CHECKPOINT_DIR).exists()
-        train(config, data.directory, run_dir, resume=resume, data=data.decoded, log=log)
+        train(config, data.directory, run_dir, resume=resume, data=data.decoded, log=log, device=job.device)
     text = (run_dir / METRICS_FILE).read_text()
     history = tuple(json.loads(line) for line in text.splitlines() if line)
-    return TrainedRun(variant, seed, run_dir, history, finished)
+    return TrainedRun(variant, seed, run_dir, history, finished, read_run_info(run_dir).train["stopped"])

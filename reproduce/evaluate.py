@@ -353,14 +353,16 @@ def evaluate_run(
     *,
     mode: str,
     size: int | None = None,
+    device: str = "auto",
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> EvalResult:
-    """`sppnet evaluate`: a run on DIR/<split> (ImageFolder layout) with one protocol; bad images are skipped and
-    reported through `log`."""
+    """`sppnet evaluate`: a run on DIR/<split> (ImageFolder layout) with one protocol on `device`; bad images are
+    skipped and reported through `log`."""
+    from sppnet.core.devices import resolve_device
     from sppnet.core.runs import load_model, load_preprocess
     from sppnet.reproduce.datasets import builtin_split, load_images
 
-    model, pre = load_model(run_dir), load_preprocess(run_dir)
+    model, pre = load_model(run_dir).to(resolve_device(device)), load_preprocess(run_dir)
     images, kept, bad = load_images(builtin_split(data_dir, split), on_bad="skip")
     for item in bad:
         log(f"skipped {item.path}: {item.reason}")

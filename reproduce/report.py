@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sppnet.core.atomic import write_atomic
 from sppnet.core.errors import InvalidInput
+from sppnet.reproduce.stats import Interval, paired_bootstrap
 
-FORMAT = 1
+FORMAT = 2
 VARIANTS = ("no_spp", "spp_single", "spp_multi")
 SPP_VARIANTS = ("spp_single", "spp_multi")
 LABELS = {"no_spp": "no SPP", "spp_single": "SPP single-size", "spp_multi": "SPP multi-size"}
@@ -121,7 +124,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         }
         for variant in SPP_VARIANTS
     }
-    effects = [_effect(effect, errors, paper) for effect in EFFECTS]
+    effects = [_effect(effect, per_variant, views, paper) for effect in EFFECTS]
 
     summary = {
         "format": FORMAT,
@@ -142,6 +145,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "effects": effects,
         "test_sizes": {v: _test_sizes(per_variant[v], views["full"]) for v in SPP_VARIANTS},
         "curves": {v: _curves(per_variant[v]) for v in VARIANTS},
+        "convergence": [_convergence(run) for v in VARIANTS for run in per_variant[v]],
         "settings": settings,
         "timing": results["timing"],
     }
@@ -248,16 +252,25 @@ def _paper_delta(effect: Effect, paper: dict[str, Any]) -> tuple[float, str]:
     return round(full - crop, 2), paper["table3_label"]
 
 
-def _effect(effect: Effect, errors: dict[str, Any], paper: dict[str, Any]) -> dict[str, Any]:
+def _effect(
+    effect: Effect, runs: dict[str, list[dict[str, Any]]], views: dict[str, Any], paper: dict[str, Any]
+) -> dict[str, Any]:
+    """One paired effect: per-seed deltas, and the mean with its bootstrap interval over seeds and test images."""
     (mv, mview), (rv, rview) = effect.measured, effect.reference
-    measured, reference = errors[mv][mview]["top1"], errors[rv][rview]["top1"]
+    measured = {r["seed"]: _correct(r, mview, views[mview]) for r in runs[mv]}
+    reference = {r["seed"]: _correct(r, rview, views[rview]) for r in runs[rv]}
     seeds = [seed for seed in measured if seed in reference]
     if not seeds:
         raise InvalidInput(f"results: no seed has runs of both {mv} and {rv}, so {effect.key} has no paired delta")
-    delta = _stat(measured[seed] - reference[seed] for seed in seeds)
+    lengths = {len(measured[s]) for s in seeds} | {len(reference[s]) for s in seeds}
+    if len(lengths) != 1:
+        raise InvalidInput(f"results: {effect.key} pairs evaluations of different test sets (sizes {sorted(lengths)})")
+    wrong_m = 1.0 - np.array([measured[s] for s in seeds], dtype=np.float64)
+    wrong_r = 1.0 - np.array([reference[s] for s in seeds], dtype=np.float64)
+    interval = paired_bootstrap(wrong_m, wrong_r)
+    delta = _stat(100.0 * float((wrong_m[k] - wrong_r[k]).mean()) for k in range(len(seeds)))
     assert delta is not None
     paper_delta, paper_label = _paper_delta(effect, paper)
-    verdict = _verdict(delta["mean"], delta["std"])
     return {
         "key": effect.key,
         "title": effect.title,
@@ -266,42 +279,47 @@ def _effect(effect: Effect, errors: dict[str, Any], paper: dict[str, Any]) -> di
         "reference": {"variant": rv, "view": rview},
         "seeds": seeds,
         "delta": delta,
+        "interval": interval.to_json(),
         "paper_delta": paper_delta,
         "paper_network": paper_label,
-        "verdict": verdict,
-        "sentence": _sentence(effect, delta, paper_delta, paper_label, verdict),
+        "verdict": interval.verdict,
+        "sentence": _sentence(effect, interval, delta, paper_delta, paper_label),
     }
 
 
-def _verdict(mean: float, std: float | None) -> str:
-    """'appears' only if negative and beyond the std of the paired differences (which needs n >= 2)."""
-    if mean >= 0:
-        return "does not appear"
-    if std is not None and -mean > std:
-        return "appears"
-    return "within the spread"
+def _correct(run: dict[str, Any], view: str, size: int | None) -> list[int]:
+    entry = _eval(run, view, size)
+    if "correct" not in entry:
+        raise InvalidInput(
+            f"results: run {run['variant']} seed {run['seed']} has no per-image results for {view!r}: evaluate with "
+            "keep_predictions=True (the effects' intervals resample test images)"
+        )
+    return list(entry["correct"])
 
 
-def _sentence(effect: Effect, delta: dict[str, Any], paper_delta: float, paper_label: str, verdict: str) -> str:
-    mv, rv = LABELS[effect.measured[0]], LABELS[effect.reference[0]]
-    n = delta["n"]
-    spread = "" if delta["std"] is None else f" ± {delta['std']:.2f}"
-    measured = f"{_num(delta['mean'], signed=True)}{spread} pp over {n} paired seed{'s' if n != 1 else ''}"
+def _sentence(effect: Effect, interval: Interval, delta: dict[str, Any], paper_delta: float, paper_label: str) -> str:
+    n = interval.seeds
+    measured = (
+        f"{_num(interval.mean, signed=True)} pp, 95% interval [{_num(interval.low, signed=True)}, "
+        f"{_num(interval.high, signed=True)}] over {n} paired seed{'s' if n != 1 else ''} and {interval.images} test "
+        "images"
+    )
     head = f"{effect.title} ({effect.metric}): {measured} (paper {paper_label}: {paper_delta:+.2f} pp)."
-    if verdict == "appears":
-        why = "the mean delta is negative and larger than the std of the paired differences."
-    elif verdict == "does not appear":
-        why = f"the mean delta is not negative, so {mv} does not have fewer errors than {rv} here."
-        if effect.measured[0] == effect.reference[0]:
-            why = "the mean delta is not negative, so the full image does not have fewer errors than the crop here."
-    elif delta["std"] is None:
-        why = "the delta is negative but one seed has no spread to judge it against, so it is not established."
+    verdict = interval.verdict
+    if n < 2:
+        why = "one seed cannot show the seed-to-seed spread, so nothing is established; run three or more seeds."
+    elif verdict == "appears":
+        why = "the whole interval is below 0: fewer errors, beyond what test-image sampling and seeds explain."
+    elif verdict == "reversed":
+        why = "the whole interval is above 0: more errors, the opposite of the paper's effect."
     else:
         why = (
-            f"the delta is negative but no larger than the std of the paired differences ({delta['std']:.2f} pp), "
-            "so these seeds do not establish it."
+            f"the interval includes 0, so these {n} seeds and {interval.images} test images do not establish it "
+            f"(its half-width, {(interval.high - interval.low) / 2:.2f} pp, is about the smallest effect they could "
+            "show)."
         )
-    return f"{head} Verdict: {verdict}; {why}"
+    spread = "" if delta["std"] is None else f" Seed-to-seed std of the paired deltas: {delta['std']:.2f} pp."
+    return f"{head} Verdict: {verdict}; {why}{spread}"
 
 
 def _test_sizes(runs: Sequence[dict[str, Any]], full_size: int) -> list[dict[str, Any]]:
@@ -318,6 +336,22 @@ def _test_sizes(runs: Sequence[dict[str, Any]], full_size: int) -> list[dict[str
             }
         )
     return rows
+
+
+def _convergence(run: dict[str, Any]) -> dict[str, Any]:
+    """How one run ended: why it stopped, after how many epochs, its last test error and its last quarter's gain."""
+    errors = [100.0 * h["test_top1_err"] for h in run["history"] if h.get("test_top1_err") is not None]
+    span = max(1, round(0.25 * len(errors)))
+    gain = min(errors[:-span]) - min(errors[-span:]) if len(errors) > span else None
+    stopped = run.get("stopped") or {"reason": "budget", "epochs_run": len(run["history"])}
+    return {
+        "variant": run["variant"],
+        "seed": run["seed"],
+        "reason": stopped["reason"],
+        "epochs_run": stopped.get("epochs_run", len(run["history"])),
+        "final_test_top1": errors[-1] if errors else None,
+        "last_quarter_gain_pp": gain,
+    }
 
 
 def _curves(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -386,7 +420,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines += [
         f"Network `{network}`, {summary['epochs']} epochs, seeds {seeds}. Errors are in %, as mean ± sample std "
         "(ddof=1) over seeds; deltas are in percentage points (pp), measured minus reference, paired seed by "
-        "seed, so a negative delta means fewer errors. Paper numbers are ImageNet 2012 val "
+        "seed and image by image, so a negative delta means fewer errors. Each effect's 95% interval is a percentile "
+        "bootstrap that resamples seeds and test images; an effect appears when its whole interval is below 0. "
+        "Paper numbers are ImageNet 2012 val "
         f"({paper['label']}; PAPER.md section 6): compare the direction and rough size of the effects, not the "
         "error levels.",
         "",
@@ -396,12 +432,14 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if summary["quick"]:
         lines += ["Smoke run: the verdicts below follow the same rule as a full run but say nothing about SPP.", ""]
     lines += _table(
-        ["effect", "metric", "measured Δ (pp)", "paper Δ (pp)", "verdict"],
+        ["effect", "metric", "measured Δ (pp) [95% interval]", "per-seed Δ (pp)", "paper Δ (pp)", "verdict"],
         (
             [
                 e["title"],
                 e["metric"],
-                _pm(e["delta"], signed=True),
+                f"{_num(e['interval']['mean'], signed=True)} [{_num(e['interval']['low'], signed=True)}, "
+                f"{_num(e['interval']['high'], signed=True)}]",
+                ", ".join(_num(v, signed=True) for v in e["delta"]["values"]),
                 f"{e['paper_delta']:+.2f} ({e['paper_network']})",
                 e["verdict"],
             ]
@@ -477,15 +515,29 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "",
         f"![top-1 error vs test size]({FILES['test_sizes_plot']})",
         "",
-        "## Training curves",
+        "## Training curves and convergence",
         "",
         "Mean over seeds per variant, shaded from min to max.",
         "",
         f"![training curves]({FILES['training_curves_plot']})",
         "",
-        "## Settings and timing",
+        f"Stopping rule: {settings.get('stop') or 'none: every run trains its ' + str(summary['epochs']) + ' epochs'}.",
         "",
     ]
+    lines += _table(
+        ["run", "stopped", "epochs run", "final test top-1", "test top-1 gain over its last quarter (pp)"],
+        (
+            [
+                f"{LABELS[c['variant']]}, seed {c['seed']}",
+                "converged" if c["reason"] == "converged" else "at its epoch budget",
+                str(c["epochs_run"]),
+                "n/a" if c["final_test_top1"] is None else _num(c["final_test_top1"]),
+                "n/a" if c["last_quarter_gain_pp"] is None else _num(c["last_quarter_gain_pp"], signed=True),
+            ]
+            for c in summary["convergence"]
+        ),
+    )
+    lines += ["", "## Settings and timing", ""]
     timing = summary["timing"]
     train_sizes = "; ".join(f"{LABELS[v]} {variants[v]['train_sizes']}" for v in VARIANTS)
     per_variant_time = "; ".join(f"{LABELS[v]} {_pm(variants[v]['train_seconds'])}" for v in VARIANTS)
@@ -493,6 +545,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         ("network", f"`{network}` (paper numbers: {paper['label']}, Table 3: {t3})"),
         ("quick", "yes (smoke run, not evidence)" if summary["quick"] else "no"),
         ("epochs", str(summary["epochs"])),
+        ("device, precision", f"{settings.get('device', 'cpu')}, {settings.get('precision', 'fp32')}"),
         ("seeds", seeds),
         ("train sizes", train_sizes),
         ("test sizes", ", ".join(str(s) for s in settings["test_sizes"])),

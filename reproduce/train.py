@@ -25,6 +25,7 @@ from torch import nn
 
 from sppnet.core.atomic import write_atomic
 from sppnet.core.bins import DEFAULT_LEVELS
+from sppnet.core.devices import TRAIN_PRECISIONS, check_precision, resolve_device
 from sppnet.core.errors import InvalidInput
 from sppnet.core.models import SPPNet, build_model
 from sppnet.core.networks import feature_sizes, get_network
@@ -34,6 +35,7 @@ from sppnet.reproduce.checkpoint import load_checkpoint, read_checkpoint_meta, s
 from sppnet.reproduce.datasets import builtin_split, load_images
 from sppnet.reproduce.evaluate import evaluate
 from sppnet.reproduce.solver import SolverConfig, build_solver, set_epoch_lr
+from sppnet.reproduce.stats import ConvergenceRule
 
 SizeSchedule = Literal["alternate", "random"]
 CHECKPOINT_DIR = "checkpoint"
@@ -59,9 +61,13 @@ class TrainConfig:
     preprocess: Preprocess = field(default_factory=Preprocess)
     min_side: int = 8
     on_bad: Literal["skip", "error"] = "skip"
+    precision: str = "fp32"  # "bf16": autocast, fp32 master weights and Caffe's solver unchanged
+    stop: ConvergenceRule | None = None  # None: always run every epoch
 
     def __post_init__(self) -> None:
         get_network(self.model)
+        if self.precision not in TRAIN_PRECISIONS:
+            raise InvalidInput(f"unknown precision {self.precision!r}: choose one of {', '.join(TRAIN_PRECISIONS)}")
         if not self.sizes or min(self.sizes) < 1:
             raise InvalidInput(f"training sizes must be positive pixels; got {self.sizes}")
         if self.size_schedule not in ("alternate", "random"):
@@ -93,24 +99,30 @@ class TrainConfig:
 
 @dataclass
 class Context:
-    """Where this process stands in a (possibly single-process) data-parallel group."""
+    """Where this process stands in a (possibly single-process) data-parallel group, and its device."""
 
     rank: int = 0
     world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
 
-def init_distributed() -> Context:
-    """Join the torchrun group (gloo on CPU) when WORLD_SIZE > 1, else a single-process context."""
+def init_distributed(device: str = "auto") -> Context:
+    """This process's device, and the torchrun group it joins when WORLD_SIZE > 1: NCCL across GPUs (one per
+    process, by LOCAL_RANK), gloo across CPU processes."""
+    resolved = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Context()
+        return Context(device=resolved)
+    if resolved.type == "cuda":
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(resolved)
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return Context(dist.get_rank(), dist.get_world_size())
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+    return Context(dist.get_rank(), dist.get_world_size(), resolved)
 
 
 @dataclass
@@ -140,17 +152,59 @@ def load_data(data_dir: str | os.PathLike[str], config: TrainConfig, log: Callab
     return TrainData(classes, train_images, train_labels, test_images, test_labels, bad)
 
 
-def _batches(data: TrainData, config: TrainConfig, ctx: Context, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """This rank's share of each global batch of the epoch; the last incomplete global batch is dropped."""
-    order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train_images))
-    size = config.size_at(epoch)
-    for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
-        indices = order[start : start + config.batch_size][ctx.rank :: ctx.world]
+class EpochBatches(torch.utils.data.Dataset):
+    """Batch k of an epoch for this rank: its share of the k-th global batch (the last incomplete one is dropped).
+
+    Every view derives from (seed, epoch, image), so a batch is the same whichever process or thread makes it:
+    worker processes on a GPU, a prefetch thread on the CPU, one process or several give the same batches.
+    """
+
+    def __init__(self, data: TrainData, config: TrainConfig, ctx: Context, epoch: int) -> None:
+        self.data, self.config, self.epoch = data, config, epoch
+        self.rank, self.world = ctx.rank, ctx.world
+        self.order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train_images))
+        self.size = config.size_at(epoch)
+
+    def __len__(self) -> int:
+        return len(self.order) // self.config.batch_size
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        config, epoch = self.config, self.epoch
+        start = k * config.batch_size
+        indices = self.order[start : start + config.batch_size][self.rank :: self.world]
         views = [
-            train_view(data.train_images[i], config.preprocess, np.random.default_rng([config.seed, epoch, i]), size)
+            train_view(self.data.train_images[i], config.preprocess, _view_rng(config, epoch, i), self.size)
             for i in indices
         ]
-        yield to_chw_batch(views), data.train_labels[indices]
+        return to_chw_batch(views), self.data.train_labels[indices]
+
+
+def _view_rng(config: TrainConfig, epoch: int, image: int) -> np.random.Generator:
+    return np.random.default_rng([config.seed, epoch, image])
+
+
+def _batches(data: TrainData, config: TrainConfig, ctx: Context, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This rank's batches of the epoch, in order."""
+    batches = EpochBatches(data, config, ctx, epoch)
+    return (batches[k] for k in range(len(batches)))
+
+
+def _loader(data: TrainData, config: TrainConfig, ctx: Context, epoch: int, workers: int) -> Iterator[Any]:
+    """The epoch's batches as tensors: from `workers` forked processes into pinned memory (GPUs), or from a
+    prefetch thread (workers 0: the CPU, where worker processes would compete with the compute)."""
+    if workers == 0:
+        return ((torch.from_numpy(x), torch.from_numpy(y)) for x, y in _prefetch(_batches(data, config, ctx, epoch)))
+    return iter(
+        torch.utils.data.DataLoader(
+            EpochBatches(data, config, ctx, epoch),
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=ctx.device.type == "cuda",
+            prefetch_factor=4,
+            multiprocessing_context="fork",
+            generator=torch.Generator(),  # its seed draw must not move torch's global generator (dropout)
+        )
+    )
 
 
 def _prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -178,6 +232,24 @@ def _seed_torch(config: TrainConfig, epoch: int, ctx: Context) -> None:
     torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch, ctx.rank]).generate_state(1)[0]))
 
 
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor, precision: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step (bf16: the forward under autocast, the loss and the solver in fp32); returns (loss, logits)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on GPUs (cuDNN's fast layout for these convolutions), the default layout on the CPU."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -186,32 +258,37 @@ def train_epoch(
     ctx: Context,
     epoch: int,
     progress: bool = False,
+    workers: int = 0,
 ) -> dict[str, float]:
     """One pass over the training images at this epoch's size; returns loss, error and timing figures."""
     model.train()
     _seed_torch(config, epoch, ctx)
     steps = len(data.train_images) // config.batch_size
-    batches = _prefetch(_batches(data, config, ctx, epoch))
+    batches = _loader(data, config, ctx, epoch, workers)
     if progress and ctx.main:
         from tqdm import tqdm
 
         batches = tqdm(batches, total=steps, desc=f"epoch {epoch} @ {config.size_at(epoch)}px", leave=False)
-    loss_sum, errors, seen = 0.0, 0, 0
+    device, cuda = ctx.device, ctx.device.type == "cuda"
+    memory = memory_format(device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    errors = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     wait = compute = 0.0
     tick = time.perf_counter()
     for x, y in batches:
         got = time.perf_counter()
-        logits = model(torch.from_numpy(x))
-        target = torch.from_numpy(y)
-        loss = F.cross_entropy(logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.item() * len(y)
-        errors += int((logits.argmax(1) != target).sum())
-        seen += len(y)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=memory)
+        target = y.to(device, non_blocking=True)
+        loss, logits = train_step(model, optimizer, x, target, config.precision)
+        # Accumulated on the device: reading a value back each step would stall a GPU's queue.
+        loss_sum += loss.detach().double() * len(target)
+        errors += (logits.argmax(1) != target).sum()
+        seen += len(target)
+        if cuda:
+            torch.cuda.synchronize(device)  # so the wait/compute split below is what it says
         tick, wait, compute = time.perf_counter(), wait + got - tick, compute + time.perf_counter() - got
-    totals = torch.tensor([loss_sum, errors, seen], dtype=torch.float64)
+    totals = torch.stack([loss_sum, errors.double(), torch.tensor(float(seen), device=device, dtype=torch.float64)])
     if ctx.world > 1:
         dist.all_reduce(totals)
     loss_sum, errors, seen = totals.tolist()
@@ -231,7 +308,14 @@ def _resume_point(
     directory = run_dir / CHECKPOINT_DIR
     if not (directory / "checkpoint.json").exists():
         return 0, []
-    saved = read_checkpoint_meta(directory)["state"]["config"]
+    saved_state = read_checkpoint_meta(directory)["state"]
+    saved = saved_state["config"]
+    device = saved_state.get("device", "cpu")
+    if device != model_device(model).type:
+        raise InvalidInput(
+            f"{run_dir} was trained on {device}; resuming on {model_device(model).type} would not continue it "
+            f"exactly: pass --device {device}, or train into a new --out"
+        )
     if saved != config.to_json():
         changed = sorted(k for k in saved if saved.get(k) != config.to_json().get(k))
         raise InvalidInput(
@@ -265,9 +349,19 @@ def train(
     progress: bool = False,
     log: Callable[[str], None] = print,
     data: TrainData | None = None,
+    device: str = "auto",
+    workers: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Train `config` on DIR/train, test on DIR/test each epoch, checkpoint each epoch; returns the metrics."""
-    ctx = init_distributed()
+    """Train `config` on DIR/train, test on DIR/test each epoch, checkpoint each epoch; returns the metrics.
+
+    Args:
+        device: "auto" (CUDA if present), "cpu" or "cuda"; under torchrun each process takes its LOCAL_RANK GPU.
+        workers: batch-making processes; None = 0 on the CPU, up to 8 (cores - 1) on a GPU.
+    A run stops at `config.epochs`, or earlier when `config.stop` says it has converged.
+    """
+    ctx = init_distributed(device)
+    check_precision(ctx.device, config.precision)
+    workers = default_workers(ctx.device) if workers is None else workers
     run_dir = Path(run_dir)
     if ctx.main and not resume and (run_dir / CHECKPOINT_DIR / "checkpoint.json").exists():
         raise InvalidInput(f"{run_dir} already holds a training run: pass --resume to continue it, or another --out")
@@ -277,15 +371,18 @@ def train(
     if len(data.train_images) < config.batch_size:
         raise InvalidInput(f"{len(data.train_images)} training images are fewer than one batch of {config.batch_size}")
     torch.manual_seed(config.seed)
-    model = build_for(config, len(data.classes))
+    model = build_for(config, len(data.classes))  # initialised on the CPU: the same weights on every device
+    model.to(ctx.device, memory_format=memory_format(ctx.device))
     optimizer = build_solver(model, config.solver)
     start, history = _resume_point(run_dir, config, model, optimizer) if resume else (0, [])
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
     for epoch in range(start, config.epochs):
+        if _converged(config, history):
+            break
         began = time.perf_counter()
         lr = set_epoch_lr(optimizer, config.solver, epoch)
         row = {"epoch": epoch, "size": config.size_at(epoch), "lr": lr}
-        row |= train_epoch(net, optimizer, data, config, ctx, epoch, progress)
+        row |= train_epoch(net, optimizer, data, config, ctx, epoch, progress, workers)
         if ctx.main:
             test = evaluate(model, data.test_images, data.test_labels, mode="crop", pre=config.preprocess)
             row |= {
@@ -294,7 +391,13 @@ def train(
                 "seconds": time.perf_counter() - began,
             }
             history.append(row)
-            state = {"epoch": epoch, "config": config.to_json(), "classes": data.classes, "history": history}
+            state = {
+                "epoch": epoch,
+                "config": config.to_json(),
+                "classes": data.classes,
+                "history": history,
+                "device": ctx.device.type,
+            }
             save_checkpoint(run_dir / CHECKPOINT_DIR, model, optimizer, state)
             text = "".join(json.dumps(r) + "\n" for r in history)
             write_atomic(run_dir / METRICS_FILE, text.encode())
@@ -304,16 +407,52 @@ def train(
                 f"({row['seconds']:.1f} s)"
             )
         if ctx.world > 1:
-            dist.barrier()
+            history = _shared_history(history, ctx)  # every rank decides convergence from the same numbers
     if ctx.main:
+        stopped = stop_record(config, history)
+        if stopped["reason"] == "converged":
+            log(f"converged after {stopped['epochs_run']} epochs: {stopped['rule']}")
         save_trained(
             run_dir,
             model,
             classes=data.classes,
             preprocess=config.preprocess,
-            train={"config": config.to_json(), "epochs_run": config.epochs, "bad_images": data.bad},
+            train={"config": config.to_json(), "stopped": stopped, "device": ctx.device.type, "bad_images": data.bad},
         )
     return history
+
+
+def _converged(config: TrainConfig, history: list[dict[str, Any]]) -> bool:
+    return config.stop is not None and config.stop.converged([row["test_top1_err"] for row in history])
+
+
+def stop_record(config: TrainConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Why a finished run stopped: "converged" (with the rule) or "budget" (every epoch ran), and how far."""
+    converged = _converged(config, history)
+    return {
+        "reason": "converged" if converged else "budget",
+        "epochs_run": len(history),
+        "budget": config.epochs,
+        "rule": config.stop.describe() if config.stop is not None else None,
+    }
+
+
+def _shared_history(history: list[dict[str, Any]], ctx: Context) -> list[dict[str, Any]]:
+    """The main process's history on every rank (only it tests), so all ranks stop at the same epoch."""
+    shared = [history]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's parameters are."""
+    param = next(model.parameters(), None)
+    return torch.device("cpu") if param is None else param.device
+
+
+def default_workers(device: torch.device) -> int:
+    """Batch-making processes: none on the CPU (a prefetch thread instead), up to 8 on a GPU."""
+    return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def with_sizes(config: TrainConfig, sizes: Sequence[int]) -> TrainConfig:

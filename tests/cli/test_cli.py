@@ -113,3 +113,20 @@ def test_bench_train_reports_data_and_compute_per_size(capsys: pytest.CaptureFix
     assert code == 0, err
     assert [r["size"] for r in rows] == [64, 48]
     assert all(r["data_s"] > 0 and r["compute_s"] > 0 and r["images_per_s"] > 0 for r in rows)
+
+
+def test_bench_train_compares_precisions_and_refuses_a_missing_gpu(capsys: pytest.CaptureFixture[str], tmp_path):
+    import torch
+
+    from sppnet.reproduce.builtin_data import make_classification_dataset
+
+    make_classification_dataset(tmp_path / "d", source="shapes", n=60, seed=0)
+    common = ["bench", "train", "--data", str(tmp_path / "d"), "--sizes", "48", "--batch-size", "8", "--batches", "2"]
+    code, out, err = run(capsys, *common, "--precision", "fp32,bf16", "--json")
+    assert code == 0, err
+    assert [(r["device"], r["precision"]) for r in json.loads(out)] == [("cpu", "fp32"), ("cpu", "bf16")]
+    code, out, _ = run(capsys, *common, "--precision", "fp32,bf16")
+    assert "cpu bf16 vs cpu fp32 at 48:" in out
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, *common, "--device", "cuda")
+        assert code == 2 and "sees no CUDA GPU" in err and len(err.strip().splitlines()) == 1

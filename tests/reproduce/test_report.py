@@ -16,10 +16,10 @@ SEEDS = [0, 1, 2]
 CROP, SHORT = 112, 128
 TEST_SIZES = [90, 112, 128, 160]
 # Hand-made top-1 error fractions per seed. Chosen so that, paired by seed:
-#   single - no_spp (10-view): -3, -3.5, -3 pp          -> appears
-#   multi - single (10-view):  +1, -1.5, +1 pp          -> does not appear (mean +0.17)
-#   single full - crop:        -1, +1, -1 pp            -> within the spread (mean -0.33, std 1.15)
-#   multi full - crop:         -1, -1, -2 pp            -> appears (mean -1.33, std 0.58)
+#   single - no_spp (10-view): -3, -3.5, -3 pp          -> appears (every resample below 0)
+#   multi - single (10-view):  +1, -1.5, +1 pp          -> not established (the interval holds 0)
+#   single full - crop:        -1, +1, -1 pp            -> not established
+#   multi full - crop:         -1, -1, -2 pp            -> appears
 TOP1 = {
     "no_spp": {"crop": [0.43, 0.44, 0.45], "10view": [0.40, 0.42, 0.41]},
     "spp_single": {"crop": [0.45, 0.46, 0.44], "10view": [0.37, 0.385, 0.38], "full": [0.44, 0.47, 0.43]},
@@ -32,8 +32,14 @@ PAPER_ZF5 = {"no_spp": 35.99, "spp_single": 34.98, "spp_multi": 34.60}
 PAPER_ZF5_T3 = {"spp_single": (38.01, 37.55), "spp_multi": (37.57, 37.07)}
 
 
+IMAGES = 600
+
+
 def _eval(mode: str, size: int, top1: float, i: int) -> dict:
-    return {"mode": mode, "size": size, "n": 600, "top1_err": top1, "top5_err": TOP5 + 0.01 * i}
+    # The first round(top1 * 600) test images are wrong: any two evaluations then differ in one direction only.
+    wrong = round(top1 * IMAGES)
+    correct = [0] * wrong + [1] * (IMAGES - wrong)
+    return {"mode": mode, "size": size, "n": IMAGES, "top1_err": top1, "top5_err": TOP5 + 0.01 * i, "correct": correct}
 
 
 def make_results(seeds=SEEDS, quick=False, network="zf5_cpu") -> dict:
@@ -67,7 +73,7 @@ def make_results(seeds=SEEDS, quick=False, network="zf5_cpu") -> dict:
                 }
             )
     return {
-        "format": 1,
+        "format": 2,
         "settings": {
             "network": network,
             "epochs": 3,
@@ -131,12 +137,12 @@ EXPECTED_EFFECTS = {
     "multi_vs_single": (
         _paired(TOP1["spp_multi"]["10view"], TOP1["spp_single"]["10view"]),
         34.60 - 34.98,
-        "does not appear",
+        "not established",
     ),
     "full_vs_crop_single": (
         _paired(TOP1["spp_single"]["full"], TOP1["spp_single"]["crop"]),
         37.55 - 38.01,
-        "within the spread",
+        "not established",
     ),
     "full_vs_crop_multi": (
         _paired(TOP1["spp_multi"]["full"], TOP1["spp_multi"]["crop"]),
@@ -156,6 +162,10 @@ def test_effects(summary, key) -> None:
     assert effect["paper_delta"] == pytest.approx(paper_delta, abs=1e-9)
     assert effect["verdict"] == verdict
     assert f"Verdict: {verdict};" in effect["sentence"]
+    interval = effect["interval"]
+    assert interval["mean"] == pytest.approx(statistics.mean(diffs))  # equal test sets: the per-seed mean's mean
+    assert interval["low"] <= interval["mean"] <= interval["high"] and interval["seeds"] == 3
+    assert (interval["high"] < 0) == (verdict == "appears") and interval["images"] == IMAGES
 
 
 def test_paper_deltas_are_the_briefs_numbers(summary) -> None:
@@ -166,15 +176,6 @@ def test_paper_deltas_are_the_briefs_numbers(summary) -> None:
         "full_vs_crop_single": -0.46,
         "full_vs_crop_multi": -0.50,
     }
-
-
-def test_verdict_rule() -> None:
-    assert report._verdict(-1.0, 0.5) == "appears"
-    assert report._verdict(-0.5, 0.5) == "within the spread"  # must exceed the std, not equal it
-    assert report._verdict(-0.1, 0.5) == "within the spread"
-    assert report._verdict(0.0, 0.1) == "does not appear"
-    assert report._verdict(0.3, None) == "does not appear"
-    assert report._verdict(-5.0, None) == "within the spread"  # one seed never establishes an effect
 
 
 def test_test_sizes(summary) -> None:
@@ -199,11 +200,12 @@ def test_one_seed() -> None:
     assert stat["n"] == 1 and stat["std"] is None and stat["mean"] == pytest.approx(37.0)
     effects = {e["key"]: e for e in summary["effects"]}
     assert effects["spp_vs_no_spp"]["delta"]["mean"] == pytest.approx(-3.0)
-    assert effects["spp_vs_no_spp"]["verdict"] == "within the spread"  # negative, but n=1
-    assert effects["multi_vs_single"]["verdict"] == "does not appear"  # +1 pp
+    assert effects["spp_vs_no_spp"]["interval"]["high"] < 0  # 18 of 600 images, all one way...
+    assert effects["spp_vs_no_spp"]["verdict"] == "not established"  # ...but one seed never establishes it
+    assert "one seed cannot show the seed-to-seed spread" in effects["spp_vs_no_spp"]["sentence"]
     markdown = report.render_markdown(summary)
     assert "37.00 (n=1)" in markdown
-    assert "-3.00 (n=1)" in markdown
+    assert "| -3.00 [" in markdown  # the effect's estimate and interval
 
 
 def test_parent_network_paper_numbers() -> None:
@@ -230,7 +232,9 @@ def test_write_report(tmp_path, results, summary) -> None:
     ns_10view = pct(TOP1["no_spp"]["10view"])
     assert f"{statistics.mean(ns_10view):.2f} ± {statistics.stdev(ns_10view):.2f} (n=3)" in markdown
     diffs = EXPECTED_EFFECTS["spp_vs_no_spp"][0]
-    assert f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} (n=3)" in markdown
+    interval = {e["key"]: e for e in summary["effects"]}["spp_vs_no_spp"]["interval"]
+    assert f"{statistics.mean(diffs):+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}]" in markdown
+    assert ", ".join(f"{d:+.2f}" for d in diffs) in markdown  # the per-seed deltas beside it
     assert "35.99" in markdown and "38.01" in markdown and "-1.01" in markdown
     t3_multi = pct(TOP1["spp_multi"]["full"])
     assert f"{statistics.mean(t3_multi):.2f} ± {statistics.stdev(t3_multi):.2f} (n=3)" in markdown
