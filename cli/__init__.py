@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sppnet.cli import bench, data, describe, detect, export, serve, train
+from sppnet.cli import bench, caffe, data, describe, detect, export, serve, train
 from sppnet.core.errors import SppnetError, one_line
 
-COMMAND_GROUPS = (describe, data, train, export, serve, detect, bench)
+COMMAND_GROUPS = (describe, data, train, export, serve, detect, caffe, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

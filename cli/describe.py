@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from sppnet.cli.args import parse_levels, parse_size
 from sppnet.core.bins import RULES
@@ -12,7 +13,7 @@ from sppnet.core.networks import NETWORKS
 
 def register(sub: argparse._SubParsersAction) -> None:
     desc = sub.add_parser("describe", help="print a network's layer table with output sizes and parameter counts")
-    desc.add_argument("network", metavar="NAME", help=f"one of: {', '.join(NETWORKS)}")
+    desc.add_argument("network", metavar="NAME|RUN", help=f"one of: {', '.join(NETWORKS)}; or a run directory")
     desc.add_argument("--size", type=parse_size, default=(224, 224), metavar="H[xW]", help="input size (224)")
     desc.add_argument("--no-spp", action="store_true", help="the paper's no-SPP baseline (pool5 to 6x6)")
     desc.add_argument("--classes", type=int, default=1000, help="fc8 outputs (1000)")
@@ -23,13 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def describe(args: argparse.Namespace) -> None:
-    from sppnet.core.describe import describe, format_table
+    from sppnet.core.describe import describe, describe_model, format_table
 
     height, width = args.size
-    rows = describe(
-        args.network, height, width, spp=not args.no_spp, num_classes=args.classes, levels=args.levels, rule=args.rule
-    )
+    if Path(args.network).is_dir():  # a run: its own network (an imported one, say), as trained or imported
+        from sppnet.core.manifest import read_run_info
+
+        card = read_run_info(args.network).card
+        network = card.network_spec()
+        rows = describe_model(network, card.model, height, width)
+    else:
+        network = args.network
+        rows = describe(
+            network, height, width, spp=not args.no_spp, num_classes=args.classes, levels=args.levels, rule=args.rule
+        )
     if args.json:
         print(json.dumps([{"layer": r.name, "type": r.kind, "output": r.output, "params": r.params} for r in rows]))
     else:
-        print(format_table(args.network, height, width, rows))
+        print(format_table(network, height, width, rows))

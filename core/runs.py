@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
+from safetensors.torch import save_file
 
-from sppnet.core.atomic import sha256, write_atomic
+from sppnet.core.atomic import atomic_path, sha256, sha256_file
 from sppnet.core.errors import ArtifactError
 from sppnet.core.manifest import RUN_WEIGHTS, ModelCard, RunInfo, Weights, read_run_info, write_manifest
 from sppnet.core.models import SPPNet
@@ -71,18 +71,20 @@ def save_trained(
 ) -> Path:
     """Write the weights and their `RunInfo` atomically (weights first, so a model.json always has its weights).
 
-    `spec` is the layer table as JSON for a network that is not registered (an imported model).
+    `spec` is the layer table as JSON for a network that is not registered (an imported model). The weights are
+    streamed to the file (safetensors' `save_file`), so a 300 MB model is never held twice in memory.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-    write_atomic(run_dir / RUN_WEIGHTS, data)
+    with atomic_path(run_dir / RUN_WEIGHTS) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+        digest = sha256_file(tmp)
     card = ModelCard(
         network=model.spec.name,
         model=model.config,
         classes=tuple(classes),
         preprocess=preprocess,
-        weights=Weights(sha256(data), file=RUN_WEIGHTS),
+        weights=Weights(digest, file=RUN_WEIGHTS),
         spec=spec,
     )
     return write_manifest(run_dir, RunInfo(card, train or {}, origin or {}))

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from sppnet.engines.runtime import Result, Runtime
 
 META = 7  # per image: offset, source height, width, resized height, width, crop top, left
+PLAN_CACHE = 65536  # plans remembered (by size and policy)
+PACKERS = min(8, os.cpu_count() or 1)  # threads copying a batch's pixels into pinned memory (numpy frees the GIL)
+PACK_SPLIT = 8 << 20  # bytes of a batch above which the copy is split between the threads
 
 
 # --------------------------------------------------------------------------- geometry, from the size alone
@@ -362,6 +365,8 @@ class DeviceFeed:
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.compute_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self._next = 0
+        self._plans: dict[tuple[int, int, Policy], Plan] = {}
+        self._packers = concurrent.futures.ThreadPoolExecutor(PACKERS, thread_name_prefix="sppnet-pack")
         self.stats = {"batches": 0, "images": 0, "two_stage": 0}
 
     # ---- the stream
@@ -376,9 +381,7 @@ class DeviceFeed:
                 results[index] = self._failed(index, image, pixels, None)
                 continue
             try:
-                plan = plan_view(
-                    pixels.shape[0], pixels.shape[1], self.rt.policy, self.rt.pre, self.rt.models, self.served
-                )
+                plan = self._plan(pixels.shape[0], pixels.shape[1])
             except SppnetError as e:
                 results[index] = self._failed(index, image, e, None)
                 continue
@@ -398,6 +401,16 @@ class DeviceFeed:
         for slot in self.slots:
             self._harvest(slot, results)
         return results  # type: ignore[return-value]
+
+    def _plan(self, height: int, width: int) -> Plan:
+        """`plan_view`, remembered per size and policy (a plan depends on nothing else)."""
+        key = (height, width, self.rt.policy)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= PLAN_CACHE:
+                self._plans.clear()
+            plan = self._plans[key] = plan_view(height, width, self.rt.policy, self.rt.pre, self.rt.models, self.served)
+        return plan
 
     def _limit(self, route: Route) -> int:
         limit = max(1, self.rt.executor.max_batch(route))
@@ -435,12 +448,9 @@ class DeviceFeed:
         self.stats["two_stage"] += sum(job.plan.second is not None for job in jobs)
         total = sum(job.pixels.size for job in jobs)
         self._reserve(slot, total, len(jobs))
-        pixels = slot.host_pixels.numpy()
-        rows, offset = [], 0
-        for job in jobs:
-            pixels[offset : offset + job.pixels.size] = job.pixels.reshape(-1)
-            rows.append(stage_meta(offset, job.plan))
-            offset += job.pixels.size
+        offsets = np.cumsum([0] + [job.pixels.size for job in jobs[:-1]]).tolist()
+        self._pack(jobs, offsets, slot.host_pixels.numpy(), total)
+        rows = [stage_meta(offset, job.plan) for offset, job in zip(offsets, jobs, strict=True)]
         meta = slot.host_meta[: len(jobs)]
         meta.numpy()[:] = rows
         run, buffer = self.calls[route.model]
@@ -467,6 +477,21 @@ class DeviceFeed:
             if self.cuda:  # its pinned buffers may still be in a copy: wait before they are refilled
                 self.copy_stream.synchronize()  # type: ignore[union-attr]
                 self.compute_stream.synchronize()  # type: ignore[union-attr]
+
+    def _pack(self, jobs: list[Job], offsets: list[int], pixels: np.ndarray, total: int) -> None:
+        """Copy every job's pixels into the flat (pinned) buffer at its offset, in threads for large batches."""
+
+        def copy(part: range) -> None:
+            for i in part:
+                pixels[offsets[i] : offsets[i] + jobs[i].pixels.size] = jobs[i].pixels.reshape(-1)
+
+        parts = min(PACKERS, len(jobs), max(1, total // PACK_SPLIT))
+        if parts <= 1:
+            copy(range(len(jobs)))
+            return
+        step = -(-len(jobs) // parts)
+        for done in [self._packers.submit(copy, range(i, min(i + step, len(jobs)))) for i in range(0, len(jobs), step)]:
+            done.result()
 
     def _run(self, run: ModelCall, x: Any, profile: int) -> Any:
         """The model on one batch; a device out-of-memory error halves the batch and tries again."""
@@ -507,17 +532,16 @@ class DeviceFeed:
             logits = slot.host_logits[: len(jobs)].numpy()
         elif slot.error is None:
             logits = slot.logits.float().numpy()
-        for i, job in enumerate(jobs):
-            if slot.error is not None:
+        if slot.error is not None:
+            for job in jobs:
                 results[job.index] = self._failed(job.index, job.image, slot.error, job.plan.route)
-            else:
-                row = np.array(logits[i], dtype=np.float32)  # the pinned buffer is reused
-                results[job.index] = self._done(job, row)
-
-    def _done(self, job: Job, logits: np.ndarray) -> Result:
+            return
         from sppnet.engines.runtime import Result
 
-        return Result(job.index, _source(job.image), job.plan.route, self.rt._topk(logits), logits)
+        logits = np.array(logits, dtype=np.float32)  # a copy: the pinned buffer is reused
+        tops = batch_topk(logits, self.rt.topk, self.rt.models.card.classes)
+        for i, job in enumerate(jobs):
+            results[job.index] = Result(job.index, _source(job.image), job.plan.route, tops[i], logits[i])
 
     def _failed(self, index: int, image: Any, error: Exception, route: Route | None) -> Result:
         from sppnet.engines.runtime import Result
@@ -525,9 +549,31 @@ class DeviceFeed:
         return Result(index, _source(image), route, error=one_line(error))
 
     def close(self) -> None:
-        """Stop the decoding processes and drop the buffers."""
+        """Stop the decoding processes and the packing threads, and drop the buffers."""
         self.decoder.close()
+        self._packers.shutdown()
         self.slots = [Slot() for _ in self.slots]
+
+
+def batch_topk(logits: np.ndarray, k: int, classes: Sequence[str]) -> list[tuple[tuple[str, float], ...]]:
+    """`Runtime._topk` of every row at once: float64 softmax, the k most probable classes, ties in class order."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    k = min(k, p.shape[1])
+    top = np.argpartition(-p, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(p, top, axis=1)
+    top = np.take_along_axis(top, np.lexsort((top, -values), axis=1), axis=1)  # most probable first, ties by class
+    kth = np.take_along_axis(p, top[:, -1:], axis=1)
+    for row in np.flatnonzero((p >= kth).sum(axis=1) > k):  # a tie at the k-th place: the lowest classes win
+        candidates = np.flatnonzero(p[row] >= kth[row, 0])
+        top[row] = candidates[np.argsort(-p[row, candidates], kind="stable")[:k]]
+    chosen = np.take_along_axis(p, top, axis=1).tolist()
+    return [
+        tuple((classes[i], value) for i, value in zip(indices, values, strict=True))
+        for indices, values in zip(top.tolist(), chosen, strict=True)
+    ]
 
 
 @contextlib.contextmanager

@@ -1,5 +1,21 @@
-"""Engines against ONNX Runtime on a GPU machine: every engine of a directory through TensorRTRunner, compared with
-the ONNX file it was built from (ONNX Runtime, CPU) on the same random inputs, then timed; prints JSON.
+"""The one GPU check: on a GPU machine with this repository installed, every engine kind that can run there is
+built, checked for parity against PyTorch and ONNX Runtime CPU through `sppnet.engines.compare`, and benchmarked;
+one JSON is written (rewritten after every step, so a run cut short keeps its results) and printed.
+
+    python -m sppnet.engines.gpu_check --out DIR --json OUT.json [--device cuda] [--budget 420]
+
+Steps: export ZF-5 (untrained, 1000 classes; fp32 ONNX at 224 and the dynamic model up to 320); compiled PyTorch
+packages for the device in fp16, then fp32 while the time budget allows, each against eager PyTorch fp32 and ONNX
+Runtime CPU at many sizes; the serving benchmark (`bench_serving`: bare engine, GPU-fed runtime from arrays at a
+fixed scale, mixed sizes exact and `nearest`, JPEG files end to end, batch-1 latency; PyTorch eager fp32/fp16 and
+torch.compile beside each) with the issue's targets; ONNX Runtime's CUDA provider (TF32 off and on) against its
+CPU provider, and seconds per image on new sizes with heuristic and exhaustive cuDNN search; eager fp16 and bf16
+against fp32. `--device cpu` (with a small network: `--network zf5_cpu --classes 10 --scales 112 --max-size 160
+--batch 8 --images 64`) is the dry run the tests make.
+
+With `--engines ENGINE_DIR --onnx ONNX_DIR` it checks TensorRT engines instead: every engine of a directory through
+TensorRTRunner, compared with the ONNX file it was built from (ONNX Runtime, CPU) on the same random inputs, then
+timed; prints JSON.
 
     python -m sppnet.engines.gpu_check --engines ENGINE_DIR --onnx ONNX_DIR [--sizes 24] [--repeat 50]
 
@@ -14,6 +30,7 @@ exact message) and the JSON so far on stdout; exit status 1 for any failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -24,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from sppnet.core.atomic import sha256_file
-from sppnet.core.errors import SppnetError
+from sppnet.core.atomic import sha256_file, write_atomic
+from sppnet.core.errors import SppnetError, one_line
 from sppnet.core.manifest import (
     MANIFEST,
     EngineManifest,
@@ -146,13 +163,14 @@ def run_checks(args: argparse.Namespace, report: dict[str, Any]) -> bool:
     manifest, _ = check_inputs(args.engines, args.onnx)
     report["builder"] = {"module": manifest.builder.module, "version": manifest.builder.version}
     report["target"] = manifest.target
-    cuda = load_cuda(args.cuda_api, args.device)
+    device = _device_index(args.device)
+    cuda = load_cuda(args.cuda_api, device)
     report["device"] = {"name": cuda.device_name(), "capability": cuda.capability(), "cuda_api": cuda.name}
     ok = True
     for entry in manifest.files:
         record: dict[str, Any] = {"engine": entry.file, "kind": entry.kind, "precision": entry.precision}
         report["engines"].append(record)
-        runner = TensorRTRunner(args.engines / entry.file, manifest, entry, device=args.device, cuda_api=args.cuda_api)
+        runner = TensorRTRunner(args.engines / entry.file, manifest, entry, device=device, cuda_api=args.cuda_api)
         source = args.onnx / (entry.source_file or "")
         reference = OnnxRuntimeRunner(SessionFromOnnx(source, providers=["CPUExecutionProvider"]))
         try:
@@ -176,22 +194,341 @@ def run_checks(args: argparse.Namespace, report: dict[str, Any]) -> bool:
     return ok
 
 
+# ---------------------------------------------------------------- the full check: every engine kind that runs here
+
+TARGETS = {
+    "fed_over_bare": 0.80,  # GPU-fed fixed-scale stream over the bare compiled engine, same batch
+    "fixed_stream_fp16": 35_000.0,  # images/s, fixed-scale stream from decoded arrays
+    "mixed_exact": 4 * 620.0,  # images/s, mixed sizes at their exact size (4x the runtime's 620 before)
+    "mixed_nearest": 15_000.0,  # images/s, mixed sizes with the nearest policy
+    "batch1_p50_ms": 0.5,  # batch-1 latency on a fixed-scale engine
+}
+
+
+class Report:
+    """The one JSON of a full check, rewritten atomically after every step so a run cut short keeps what it did."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.record: dict[str, Any] = {"steps": {}, "skipped": {}, "errors": {}}
+        self.start = time.perf_counter()
+
+    def step(self, name: str, value: Any) -> None:
+        self.record["steps"][name] = value
+        self.save()
+
+    def skip(self, name: str, why: str) -> None:
+        self.record["skipped"][name] = why
+        self.save()
+
+    def error(self, name: str, error: BaseException) -> None:
+        self.record["errors"][name] = f"{type(error).__name__}: {one_line(error)}"
+        self.save()
+
+    def save(self) -> None:
+        self.record["elapsed_s"] = round(time.perf_counter() - self.start, 1)
+        if self.path is not None:
+            write_atomic(self.path, (json.dumps(self.record, indent=1, default=str) + "\n").encode())
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and the device: what the numbers were measured with."""
+    import platform
+
+    import onnxruntime as ort
+    import torch
+
+    record: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "onnxruntime": ort.__version__,
+        "onnxruntime_providers": ort.get_available_providers(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        record |= {
+            "gpu": torch.cuda.get_device_name(index),
+            "capability": list(torch.cuda.get_device_capability(index)),
+        }
+    with contextlib.suppress(ImportError):
+        import triton
+
+        record["triton"] = triton.__version__
+    return record
+
+
+def parity_sizes(entry: ModelFile, count: int, seed: int) -> list[tuple[int, int, int]]:
+    """(batch, height, width): a fixed model at batch 1 and 8; a dynamic one at odd, elongated and random sizes."""
+    if entry.kind == "fixed" and entry.scale is not None:
+        return [(1, *entry.scale), (min(8, entry.max_batch), *entry.scale)]
+    return [(1 + i % 2, h, w) for i, (h, w) in enumerate(dynamic_sizes(entry.profiles, count, seed))]
+
+
+def torch_logits(model: Any, x: np.ndarray, device: str, precision: str = "fp32") -> np.ndarray:
+    """A PyTorch model's fp32 logits for one batch on `device` (a copy in fp16 or bf16 when asked), TF32 off."""
+    import copy
+
+    import torch
+
+    from sppnet.export.aoti_builder import full_fp32
+    from sppnet.export.torch_form import DTYPES
+
+    dtype = DTYPES[precision]
+    model = model.to(device) if precision == "fp32" else copy.deepcopy(model).to(device, dtype=dtype)
+    with torch.inference_mode(), full_fp32():
+        return model(torch.from_numpy(x).to(device, dtype=dtype)).float().cpu().numpy()
+
+
+def check_packages(engine_dir: Path, onnx_dir: Path, model: Any, device: str, count: int, seed: int) -> dict[str, Any]:
+    """Every compiled package against eager PyTorch fp32 and ONNX Runtime CPU (the fp32 ONNX file of its kind)."""
+    from sppnet.engines.backends.aoti import AOTIRunner
+
+    manifest, onnx = read_engine_manifest(engine_dir), read_export_manifest(onnx_dir)
+    card = manifest.card
+    rows: list[Any] = []
+    rng = np.random.default_rng(seed)
+    for entry in manifest.files:
+        source = next(f for f in onnx.files if (f.kind, f.scale, f.precision) == (entry.kind, entry.scale, "fp32"))
+        reference = OnnxRuntimeRunner(SessionFromOnnx(onnx_dir / source.file, providers=["CPUExecutionProvider"]))
+        with AOTIRunner(engine_dir / entry.file, manifest, entry, device=device) as runner, reference:
+            for batch, h, w in parity_sizes(entry, count, seed):
+                x = random_images(rng, batch, h, w, card.preprocess.scale)
+                got = runner.infer({card.input_name: x})[card.output_name]
+                want = torch_logits(model, x, device)
+                rows.append(
+                    compare(got, want, name=f"{entry.file} vs eager fp32", precision=entry.precision, size=(h, w))
+                )
+                want = reference.infer({card.input_name: x})[card.output_name]
+                rows.append(
+                    compare(got, want, name=f"{entry.file} vs onnxruntime cpu", precision=entry.precision, size=(h, w))
+                )
+            info = dict(runner.info)
+        rows.append(info)
+    return {
+        "parity": summarise([r for r in rows if not isinstance(r, dict)]),
+        "runners": [r for r in rows if isinstance(r, dict)],
+        "compile_seconds": {f.file: f.seconds for f in manifest.files},
+    }
+
+
+def check_onnxruntime_cuda(onnx_dir: Path, device: str, count: int, seed: int) -> dict[str, Any]:
+    """ONNX Runtime's CUDA provider (TF32 off, then on) against its CPU provider on the fp32 files; then seconds per
+    image on a stream of new sizes with cuDNN's heuristic algorithm choice and with exhaustive search."""
+    manifest = read_export_manifest(onnx_dir)
+    card = manifest.card
+    rng = np.random.default_rng(seed)
+    rows, timing = [], {}
+    for entry in [f for f in manifest.files if f.precision == "fp32" and f.spp_form != "plugin"]:
+        cpu = OnnxRuntimeRunner(SessionFromOnnx(onnx_dir / entry.file, providers=["CPUExecutionProvider"]))
+        with cpu:
+            cases = [
+                (random_images(rng, b, h, w, card.preprocess.scale)) for b, h, w in parity_sizes(entry, count, seed)
+            ]
+            wants = [cpu.infer({card.input_name: x})[card.output_name] for x in cases]
+        for tf32 in (False, True):
+            name = f"{entry.file} cuda tf32 {'on' if tf32 else 'off'}"
+            with OnnxRuntimeRunner(onnx_dir / entry.file, device=device, tf32=tf32) as gpu:
+                for x, want in zip(cases, wants, strict=True):
+                    got = gpu.infer({card.input_name: x})[card.output_name]
+                    rows.append(
+                        compare(
+                            got, want, name=name, precision="fp32", size=x.shape[2:], tolerance=1e-3 if tf32 else None
+                        )
+                    )
+        if entry.kind == "dynamic":
+            lo, hi = entry.profiles[0].min[2], min(entry.profiles[0].max[2], 320)
+            for search, images in (("HEURISTIC", 24), ("EXHAUSTIVE", 6)):
+                sizes = [tuple(int(v) for v in rng.integers(lo, hi + 1, 2)) for _ in range(images)]
+                with OnnxRuntimeRunner(onnx_dir / entry.file, device=device, cudnn_search=search) as gpu:
+                    start = time.perf_counter()
+                    for h, w in sizes:
+                        gpu.infer({card.input_name: random_images(rng, 1, h, w, card.preprocess.scale)})
+                    timing[search] = {"new_sizes": images, "seconds_per_image": (time.perf_counter() - start) / images}
+    return {"parity": summarise(rows), "new_size_stream": timing}
+
+
+def check_eager_precisions(model: Any, scale: tuple[int, int], device: str, seed: int, input_scale: float) -> list[Any]:
+    """PyTorch fp16 and bf16 against fp32 on the device (the reference every compiled package is held to)."""
+    rng = np.random.default_rng(seed)
+    x = random_images(rng, 8, *scale, input_scale)
+    want = torch_logits(model, x, device)
+    rows = [
+        compare(torch_logits(model, x, device, p), want, name=f"eager {p}", precision=p, size=scale)
+        for p in ("fp16", "bf16")
+    ]
+    return summarise(rows)
+
+
+def targets_met(bench: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets against what the serving benchmark measured."""
+    rates = {(r["stream"], r["contender"]): r["images_per_s"] for r in bench["rows"]}
+    p50 = bench["latency"].get("engine", {}).get("p50_ms")
+    found = {
+        "fed_over_bare": bench.get("fed_over_bare"),
+        "fixed_stream_fp16": rates.get(("arrays fixed", "engine")),
+        "mixed_exact": rates.get(("arrays mixed exact", "engine")),
+        "mixed_nearest": rates.get(("arrays mixed nearest", "engine")),
+        "batch1_p50_ms": p50,
+    }
+    return {
+        name: {
+            "target": target,
+            "measured": found[name],
+            "met": found[name] is not None
+            and (found[name] <= target if name.endswith("_ms") else found[name] >= target),
+        }
+        for name, target in TARGETS.items()
+    }
+
+
+def full_check(args: argparse.Namespace) -> int:
+    """Export, build every engine kind that runs on this device, check parity, benchmark; one JSON (module doc)."""
+    from sppnet.engines.bench_runtime import bench_serving
+    from sppnet.export.aoti_builder import build_aoti_engines
+    from sppnet.export.onnx_export import ExportConfig, export_onnx, source_untrained
+
+    device = args.device if args.device in ("cpu",) or args.device.startswith("cuda") else f"cuda:{args.device}"
+    report = Report(args.json)
+    deadline = time.perf_counter() + args.budget
+    out = Path(args.out)
+    report.step("environment", environment(device))
+    kinds = set(args.kinds)
+    scales = tuple((s, s) for s in args.scales)
+    source = source_untrained(args.network, num_classes=args.classes, seed=args.seed)
+    model = source.model.eval()
+    onnx_dir = out / "onnx"
+    start = time.perf_counter()
+    config = ExportConfig(
+        scales=scales, precisions=("fp32",), max_batch=args.batch, opt_batch=min(64, args.batch), max_size=args.max_size
+    )
+    export_onnx(source, onnx_dir, config)
+    report.step(
+        "export",
+        {
+            "seconds": round(time.perf_counter() - start, 1),
+            "network": args.network,
+            "classes": args.classes,
+            "scales": args.scales,
+            "max_size": args.max_size,
+            "batch": args.batch,
+        },
+    )
+    ok = True
+    precisions = ["fp16", "fp32"] if device != "cpu" else ["fp32"]
+    built: dict[str, Path] = {}
+    for precision in precisions if "aoti" in kinds else ():
+        name = f"aoti_{precision}"
+        estimate = 2.5 * max(
+            (report.record["steps"].get(f"build {p}", {}).get("seconds", 60) for p in built), default=60
+        )
+        if built and time.perf_counter() + estimate > deadline:
+            report.skip(name, f"about {estimate:.0f} s left to build it is beyond the --budget of {args.budget} s")
+            continue
+        try:
+            start = time.perf_counter()
+            path = out / name
+            build_aoti_engines(
+                onnx_dir, path, precisions=[precision], device=device, vectorize=not args.scalar, progress=print
+            )
+            built[precision] = path
+            report.step(
+                f"build {precision}",
+                {
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "verify": json.loads((path / "verify.json").read_text()),
+                },
+            )
+            result = check_packages(path, onnx_dir, model, device, args.sizes, args.seed)
+            ok = ok and all(s["ok"] for s in result["parity"])
+            report.step(f"parity {name}", result)
+        except SppnetError as e:
+            ok = False
+            report.error(name, e)
+    if "aoti" in kinds and built:
+        path = built.get("fp16") or built["fp32"]
+        if time.perf_counter() + 60 > deadline:
+            report.skip("bench", "no time left within --budget")
+        else:
+            try:
+                contenders = ("eager fp32", "eager fp16") + (("compiled fp16",) if args.compile else ())
+                bench = bench_serving(
+                    str(path),
+                    device=device,
+                    count=args.images,
+                    batch=args.batch,
+                    repeats=args.repeats,
+                    contenders=contenders,
+                    sizes=(args.min_side, args.max_side),
+                ).to_json()
+                bench["targets"] = targets_met(bench)
+                report.step("bench", bench)
+            except SppnetError as e:
+                ok = False
+                report.error("bench", e)
+    if "onnxruntime" in kinds and device != "cpu":
+        try:
+            result = check_onnxruntime_cuda(onnx_dir, device, max(4, args.sizes // 2), args.seed)
+            ok = ok and all(s["ok"] for s in result["parity"])
+            report.step("onnxruntime cuda", result)
+        except SppnetError as e:
+            report.error("onnxruntime cuda", e)
+    elif "onnxruntime" in kinds:
+        report.skip("onnxruntime cuda", "the device is the cpu")
+    if "eager" in kinds:
+        rows = check_eager_precisions(model, scales[0], device, args.seed, source.card.preprocess.scale)
+        report.step("eager precisions", rows)
+    report.record["ok"] = ok and not report.record["errors"]
+    report.save()
+    print(json.dumps(report.record, indent=1, default=str))
+    return 0 if report.record["ok"] else 1
+
+
+def _device_index(device: str | None) -> int:
+    text = device or "0"
+    return int(text.partition(":")[2] or 0) if text.startswith("cuda") else int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sppnet.engines.gpu_check", description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", required=True, type=Path, metavar="ENGINE_DIR", help="an `sppnet build` output")
-    parser.add_argument("--onnx", required=True, type=Path, metavar="ONNX_DIR", help="the export it was built from")
-    parser.add_argument("--sizes", type=int, default=24, help="random sizes for the dynamic engine (24)")
-    parser.add_argument("--repeat", type=int, default=50, help="timed calls per case (50)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed calls first; TensorRT-RTX compiles here (20)")
+    parser.add_argument("--engines", type=Path, metavar="ENGINE_DIR", help="check these TensorRT engines instead")
+    parser.add_argument("--onnx", type=Path, metavar="ONNX_DIR", help="the export the TensorRT engines came from")
+    parser.add_argument("--sizes", type=int, default=None, help="random sizes for dynamic models (24; full: 12)")
+    parser.add_argument("--repeat", type=int, default=50, help="TensorRT: timed calls per case (50)")
+    parser.add_argument("--warmup", type=int, default=20, help="TensorRT: untimed calls first (20)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (cuda; TensorRT: the index, 0)")
     parser.add_argument("--cuda-api", choices=CUDA_APIS, default=None, help="(cuda-python if importable, else torch)")
+    full = parser.add_argument_group("full check (without --engines)")
+    full.add_argument("--out", type=Path, default=Path("artifacts/gpu-check"), help="where models are built")
+    full.add_argument("--json", type=Path, default=None, help="the report's file (also printed)")
+    full.add_argument("--budget", type=float, default=420.0, help="seconds; later builds are skipped past it (420)")
+    full.add_argument("--kinds", type=lambda t: t.split(","), default=["aoti", "onnxruntime", "eager"])
+    full.add_argument("--network", default="zf5")
+    full.add_argument("--classes", type=int, default=1000)
+    full.add_argument("--scales", type=lambda t: [int(v) for v in t.split(",")], default=[224])
+    full.add_argument("--max-size", type=int, default=320, help="the dynamic models' largest side (320)")
+    full.add_argument("--batch", type=int, default=256, help="max batch of every model (256)")
+    full.add_argument("--images", type=int, default=2048, help="images per benchmark stream (2048)")
+    full.add_argument("--min-side", type=int, default=180, help="mixed streams' smallest side (180)")
+    full.add_argument("--max-side", type=int, default=320, help="mixed streams' largest side (320)")
+    full.add_argument("--repeats", type=int, default=3, help="benchmark passes per contender (3)")
+    full.add_argument("--no-compile", dest="compile", action="store_false", help="leave torch.compile out")
+    full.add_argument("--scalar", action="store_true", help="CPU: scalar kernels (faster builds)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the check; JSON on stdout, one line on stderr on failure; exit status 0 only if everything passed."""
     args = build_parser().parse_args(argv)
+    if args.engines is None:
+        args.sizes = args.sizes or 12
+        args.device = args.device or "cuda"
+        return full_check(args)
+    if args.onnx is None:
+        build_parser().error("--engines needs --onnx, the export the engines were built from")
+    args.sizes = args.sizes or 24
     report: dict[str, Any] = {"engine_dir": str(args.engines), "onnx_dir": str(args.onnx), "engines": []}
     try:
         ok = run_checks(args, report)

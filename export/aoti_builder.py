@@ -97,16 +97,23 @@ def check_device(device: str) -> str:
     return device
 
 
-def plan_jobs(manifest: ExportManifest, precisions: Sequence[str], kinds: Sequence[str]) -> list[Job]:
-    """The packages to build: every fixed scale of the export, and its dynamic model, in each precision."""
-    scales: dict[tuple[int, int], tuple[Profile, ...]] = {}
+def plan_jobs(
+    manifest: ExportManifest,
+    precisions: Sequence[str],
+    kinds: Sequence[str],
+    scales: Iterable[tuple[int, int]] | None = None,
+) -> list[Job]:
+    """The packages to build: every fixed scale of the export (or those of `scales`), and its dynamic model, in
+    each precision."""
+    wanted = None if scales is None else {tuple(s) for s in scales}
+    fixed: dict[tuple[int, int], tuple[Profile, ...]] = {}
     dynamic: tuple[Profile, ...] | None = None
     for entry in manifest.files:
-        if entry.kind == "fixed" and entry.scale is not None:
-            scales.setdefault(entry.scale, entry.profiles)
+        if entry.kind == "fixed" and entry.scale is not None and (wanted is None or entry.scale in wanted):
+            fixed.setdefault(entry.scale, entry.profiles)
         elif entry.kind == "dynamic" and dynamic is None:
             dynamic = entry.profiles
-    jobs = [Job("fixed", s, p, profiles) for s, profiles in scales.items() for p in precisions if "fixed" in kinds]
+    jobs = [Job("fixed", s, p, profiles) for s, profiles in fixed.items() for p in precisions if "fixed" in kinds]
     if dynamic is not None and "dynamic" in kinds:
         jobs += [Job("dynamic", None, p, dynamic) for p in precisions]
     return jobs
@@ -238,6 +245,7 @@ def build_aoti_engines(
     *,
     precisions: Iterable[str] | None = None,
     kinds: Iterable[str] | None = None,
+    scales: Iterable[tuple[int, int]] | None = None,
     device: str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     channels_last: bool = True,
@@ -250,6 +258,7 @@ def build_aoti_engines(
     Args:
         precisions: subset of fp32, fp16, bf16 (default: the export's own precisions).
         kinds: subset of fixed, dynamic (default both).
+        scales: the fixed scales to build, (height, width) each (default: all of the export's).
         device: "cuda" or "cpu" (default: the GPU if torch sees one); packages run only on that kind of device.
         checkpoint: the run the export came from, when its manifest does not say (as `sppnet parity`).
         vectorize: CPU only; False builds scalar kernels (faster builds, slower packages).
@@ -263,9 +272,13 @@ def build_aoti_engines(
     exported = tuple(p for p in dict.fromkeys(f.precision for f in manifest.files) if p in PRECISIONS)
     precisions = _choices(precisions, PRECISIONS, exported or ("fp32",), "precisions")
     kinds = _choices(kinds, KINDS, KINDS, "kinds")
-    jobs = plan_jobs(manifest, precisions, kinds)
+    scales = None if scales is None else [(int(h), int(w)) for h, w in scales]
+    jobs = plan_jobs(manifest, precisions, kinds, scales)
     if not jobs:
-        raise InvalidInput(f"nothing to build from {onnx_dir}: it has no {' or '.join(kinds)} models")
+        raise InvalidInput(
+            f"nothing to build from {onnx_dir}: it has no {' or '.join(kinds)} models"
+            + (f" at {', '.join(f'{h}x{w}' for h, w in scales)}" if scales is not None else "")
+        )
     source = source_of_export(onnx_dir, checkpoint)  # the run's weights, checked against the export's sha256
     model = source.model.eval().to(device)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,23 +9,20 @@ The weights go straight from the caffemodel's arrays into the model (no copy) an
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from sppnet.core.atomic import sha256_file, write_atomic
 from sppnet.core.errors import BadData, InvalidInput
-from sppnet.core.manifest import RUN_WEIGHTS, ModelCard, RunInfo, Weights, write_manifest
 from sppnet.core.models import SPPNet
 from sppnet.core.preprocess import Preprocess
+from sppnet.core.runs import save_trained
 from sppnet.export.caffe.caffemodel import CaffeModel, read_blobproto, read_caffemodel
 from sppnet.export.caffe.mapping import Mapped, map_net
 from sppnet.export.caffe.netdef import read_netdef
@@ -161,31 +158,5 @@ def import_caffe(
         buffer = io.BytesIO()
         np.save(buffer, mean, allow_pickle=False)
         write_atomic(out / MEAN_FILE, buffer.getvalue())
-    card = ModelCard(
-        network=mapped.spec.name,
-        model=mapped.config,
-        classes=tuple(class_names),
-        preprocess=preprocess,
-        weights=Weights(_write_weights(out / RUN_WEIGHTS, model), file=RUN_WEIGHTS),
-        spec=mapped.spec.to_json(),
-    )
-    return write_manifest(out, RunInfo(card, {}, origin))
-
-
-def _write_weights(path: Path, model: SPPNet) -> str:
-    """The model's tensors as safetensors, streamed to a temporary file renamed into place; returns the sha256.
-
-    `runs.save_trained` writes the same file from an in-memory copy (two copies at its peak, as safetensors'
-    `save` builds it), which a 300 MB import cannot afford; the run is otherwise what save_trained writes.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    return digest
+    spec = mapped.spec.to_json()
+    return save_trained(out, model, classes=class_names, preprocess=preprocess, origin=origin, spec=spec)

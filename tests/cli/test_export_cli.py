@@ -159,3 +159,12 @@ def test_serve_repo_writes_a_triton_repository_and_refuses_rtx_engines_without_t
         "zf5_cpu_dynamic_fp16_p1",
     ]
     assert all((repo / m / "config.pbtxt").is_file() and (repo / m / "1" / "model.plan").is_file() for m in models)
+
+
+def test_describe_takes_a_run_directory_and_prints_its_own_network(
+    capsys: pytest.CaptureFixture[str], trained_run: Path
+) -> None:
+    code, out, err = run(capsys, "describe", str(trained_run), "--size", "112", "--json")
+    rows = {row["layer"]: row for row in json.loads(out)}
+    assert code == 0, err
+    assert rows["conv5"]["output"] == [32, 6, 6] and rows["fc8"]["output"] == [10]  # the run's 10 shape classes

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from sppnet.core.bins import RULES
+from sppnet.core.errors import BuildError
 from sppnet.core.spp import spatial_pyramid_pool
 from sppnet.export import spp_plugin, trt_plugin
 from sppnet.export.spp_plugin import (
@@ -379,5 +380,5 @@ def test_tensorrt_without_its_plugin_module_says_which_version_to_install(monkey
     monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", None)
     monkeypatch.setattr(trt_plugin, "_registered", False)
-    with pytest.raises(RuntimeError, match=r"10\.3\.0 has no tensorrt.plugin.*10\.7"):
+    with pytest.raises(BuildError, match=r"10\.3\.0 has no tensorrt.plugin.*10\.7"):
         trt_plugin.register_spp_plugin()
