@@ -135,7 +135,9 @@ class Runtime:
     """Serves one model directory; use as a context manager, or call `close()`.
 
     `infer(images)` runs a request (the caller's images batched by route); `submit(image)` streams one image
-    through a shared batcher that waits at most `max_wait_ms` for others of the same route.
+    through a shared batcher that waits at most `max_wait_ms` for others of the same route; `stream(images)` runs
+    the GPU-fed path. `device` ("cpu", "cuda", "cuda:N") goes to every runner; `precision` None is fp16 where the
+    models run on a GPU and the directory has fp16 models, else fp32.
     """
 
     def __init__(
@@ -144,7 +146,7 @@ class Runtime:
         *,
         backend: str = "auto",
         policy: Policy | None = None,
-        precision: str | None = "fp32",
+        precision: str | None = None,
         topk: int = 5,
         max_wait_ms: float = 2.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,

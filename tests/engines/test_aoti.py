@@ -29,7 +29,7 @@ from sppnet.engines.compare import compare
 from sppnet.engines.model_set import load_model_set
 from sppnet.engines.parity import random_images
 from sppnet.engines.routing import Policy
-from sppnet.engines.runtime import Runtime, native_backend
+from sppnet.engines.runtime import Runtime, default_precision, gpu_requested, native_backend
 from sppnet.export.aoti_builder import Job, build_aoti_engines, plan_jobs, verify_package, verify_sizes
 
 from .conftest import SCALES
@@ -244,3 +244,18 @@ def test_jobs_and_check_sizes_cover_the_export(runtime_onnx: Path) -> None:
     assert len(sizes) >= 11 and all((h, w) != tuple(example) for _, h, w in sizes)
     assert (1, export.sizes.min, export.sizes.min) in sizes and {b for b, _, _ in sizes} == {1, 2}
     assert verify_sizes(jobs[0], 12) == [(1, 112, 112), (8, 112, 112)]
+
+
+def test_precision_defaults_to_fp16_on_a_gpu_and_to_fp32_elsewhere(
+    packages: dict[str, Path], runtime_onnx: Path, tmp_path: Path
+) -> None:
+    target = read_engine_manifest(packages["fixed"]).target | {"device": "cuda", "capability": "9.0"}
+    for_gpu = rewritten(packages["fixed"], tmp_path, target=target)
+    assert (
+        gpu_requested(for_gpu, None)
+        and not gpu_requested(for_gpu, "cpu")
+        and not gpu_requested(packages["fixed"], None)
+    )
+    assert default_precision(runtime_onnx, "cuda") == "fp16"  # the export has fp16 models
+    assert default_precision(runtime_onnx, None) == default_precision(runtime_onnx, "cpu") == "fp32"
+    assert default_precision(for_gpu, None) == "fp32"  # compiled for a GPU, but only in fp32

@@ -709,7 +709,7 @@ def test_fixed_engines_copy_through_their_buffers_and_replay_one_graph_per_batch
             np.testing.assert_allclose(runner.infer({"image": x})["logits"], expected_logits(x), rtol=1e-5)
         assert cuda.captures == 3 and cuda.launches == 3  # batches 3, 8, 1 captured once; repeats replayed
         assert cuda.memory.keys() == allocated.keys()  # nothing allocated per call
-        with pytest.raises(BackendError, match=r"takes float32 \(N, C, H, W\) input; got float64"):
+        with pytest.raises(BackendError, match=r"takes float32 \(Nx3x112x112\); got float64"):
             runner.infer({"image": np.zeros((1, 3, 112, 112))})
         with pytest.raises(BackendError, match=r"takes inputs \['image'\]; got \['x'\]"):
             runner.infer({"x": np.zeros((1, 3, 112, 112), np.float32)})
