@@ -19,7 +19,9 @@ from sppnet.core.errors import InvalidInput
 
 _CACHE_ELEMENTS = 1 << 21  # gathered lookups per chunk of the inference path of `pool_windows`
 
-def _check_maps(x: Tensor, what: str) -> None:
+
+def check_maps(x: Tensor, what: str) -> None:
+    """Refuse anything but a 4-D (N, C, H, W) tensor with at least one cell, naming `what` and the fix."""
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise InvalidInput(f"{what} expects a 4-D (N, C, H, W) tensor; got {shape}: add a batch dimension")
@@ -78,7 +80,7 @@ def spatial_pyramid_pool(x: Tensor, levels: Sequence[int] = DEFAULT_LEVELS, rule
     """SPP of whole maps: (N, C, H, W) -> (N, C * sum(n^2)) in Caffe's order."""
     check_rule(rule)
     levels = check_levels(levels)
-    _check_maps(x, "spatial_pyramid_pool")
+    check_maps(x, "spatial_pyramid_pool")
     return torch.cat([pool_level(x, n, rule).flatten(1) for n in levels], dim=1)
 
 
@@ -118,7 +120,7 @@ def pool_windows(
     """
     check_rule(rule)
     levels = check_levels(levels)
-    _check_maps(maps, "pool_windows")
+    check_maps(maps, "pool_windows")
     boxes, image_index = _check_boxes(maps, boxes, image_index)
     if boxes.shape[0] == 0:
         return maps.new_zeros((0, spp_output_dim(maps.shape[1], levels)))
@@ -299,7 +301,7 @@ class SpatialPyramidPooling(nn.Module):
 
 def spp_naive(x: Tensor, levels: Sequence[int] = DEFAULT_LEVELS, rule: str = "adaptive") -> Tensor:
     """The textbook per-bin Python loop over `spp_bins`: the baseline `sppnet bench spp` measures against."""
-    _check_maps(x, "spp_naive")
+    check_maps(x, "spp_naive")
     out = []
     for n in check_levels(levels):
         rows, cols = spp_bins(x.shape[2], n, rule), spp_bins(x.shape[3], n, rule)

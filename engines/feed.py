@@ -323,9 +323,10 @@ def model_call(runner: Any, input_name: str, output_name: str) -> tuple[ModelCal
 
 def runner_device(runner: Any) -> str:
     """Where a runner wants its input tensors: the GPU of a compiled package or CUDA session, else the CPU."""
-    if getattr(runner, "on_gpu", False) or getattr(runner, "on_cuda", False):
-        device = str(getattr(runner, "device", "cuda"))
-        return device if device.startswith("cuda") else f"cuda:{getattr(runner, 'device_id', 0)}"
+    if getattr(runner, "on_gpu", False):  # a compiled package on a GPU
+        return str(runner.device)
+    if getattr(runner, "on_cuda", False):  # an ONNX Runtime session on its CUDA provider
+        return f"cuda:{runner.device_id}"
     return "cpu"
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from sppnet.core.errors import InvalidInput
+
 OPSET = 17
 IR_VERSION = 8  # opset 17's IR; readable by ONNX Runtime >= 1.13 and TensorRT 8.6+/TensorRT-RTX
 PRECISIONS = {"fp32": (np.float32, TensorProto.FLOAT), "fp16": (np.float16, TensorProto.FLOAT16)}
@@ -18,7 +20,7 @@ class GraphBuilder:
 
     def __init__(self, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise InvalidInput(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.precision = precision
         self.np_dtype, self.onnx_dtype = PRECISIONS[precision]
         self.nodes: list[onnx.NodeProto] = []

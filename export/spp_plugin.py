@@ -60,7 +60,7 @@ class SPPAttributes:
             or any(type(n) is not int or n < 1 for n in self.levels)
             or not self.levels
         ):
-            raise ValueError(
+            raise InvalidInput(
                 f"SPPAttributes.levels must be a tuple of ints >= 1; got {self.levels!r}: use parse_attributes"
             )
         kernel_rule_code(self.rule)
@@ -94,14 +94,14 @@ def kernel_rule_code(rule: str) -> int:
 def parse_levels(levels: Iterable[Any]) -> tuple[int, ...]:
     """ONNX `levels` (ints: a list, tuple or 1-D integer array) as a validated tuple of bin counts."""
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Iterable):
-        raise ValueError(f"SPP attribute 'levels' must be a list of ints such as [6, 3, 2, 1]; got {levels!r}")
+        raise InvalidInput(f"SPP attribute 'levels' must be a list of ints such as [6, 3, 2, 1]; got {levels!r}")
     values = list(levels)
     try:
         if any(isinstance(v, bool) or getattr(v, "ndim", 0) != 0 for v in values):
             raise TypeError
         counts = [operator.index(v) for v in values]
     except TypeError:
-        raise ValueError(
+        raise InvalidInput(
             f"SPP attribute 'levels' must hold integers only; got {values!r}: write the bin counts as ints"
         ) from None
     return check_levels(counts)
@@ -120,9 +120,9 @@ def _text(value: object, what: str) -> str:
         try:
             return value.rstrip(b"\0").decode("ascii")
         except UnicodeDecodeError:
-            raise ValueError(f"SPP attribute {what!r} is not ASCII: {value!r}") from None
+            raise InvalidInput(f"SPP attribute {what!r} is not ASCII: {value!r}") from None
     if not isinstance(value, str):
-        raise ValueError(f"SPP attribute {what!r} must be a string; got {type(value).__name__} {value!r}")
+        raise InvalidInput(f"SPP attribute {what!r} must be a string; got {type(value).__name__} {value!r}")
     return value
 
 
@@ -139,15 +139,15 @@ def attributes_from_onnx(attributes: Mapping[str, Any]) -> SPPAttributes:
     """
     missing = {"levels", "rule"} - set(attributes)
     if missing:
-        raise ValueError(
+        raise InvalidInput(
             f"SpatialPyramidPooling node lacks attribute(s) {sorted(missing)}: export it with levels and rule"
         )
     unknown = set(attributes) - {"levels", "rule", *ONNX_PLUGIN_ATTRIBUTES}
     if unknown:
-        raise ValueError(f"SpatialPyramidPooling node has unknown attribute(s) {sorted(unknown)}: remove them")
+        raise InvalidInput(f"SpatialPyramidPooling node has unknown attribute(s) {sorted(unknown)}: remove them")
     for name, expected in ONNX_PLUGIN_ATTRIBUTES.items():
         if name in attributes and _text(attributes[name], name) != expected:
-            raise ValueError(
+            raise InvalidInput(
                 f"SpatialPyramidPooling node has {name}={attributes[name]!r}; this plugin needs {expected!r}"
             )
     return parse_attributes(attributes["levels"], attributes["rule"])
@@ -160,7 +160,7 @@ def output_shape(input_dims: Sequence[Dim], levels: Sequence[int]) -> tuple[Dim,
     """
     dims = tuple(input_dims)
     if len(dims) != 4:
-        raise ValueError(f"SpatialPyramidPooling needs a 4-D (N, C, H, W) input; got {len(dims)} dims: reshape it")
+        raise InvalidInput(f"SpatialPyramidPooling needs a 4-D (N, C, H, W) input; got {len(dims)} dims: reshape it")
     return dims[0], dims[1] * sum(n * n for n in check_levels(levels))
 
 
@@ -191,7 +191,7 @@ def supports_combination(
 def check_combination(input_dtype: object, output_dtype: object, input_format: object, output_format: object) -> None:
     """Raise a ValueError naming the supported types when `supports_combination` is False."""
     if not supports_combination(input_dtype, output_dtype, input_format, output_format):
-        raise ValueError(
+        raise InvalidInput(
             f"SpatialPyramidPooling runs float32 or float16 (input and output alike) in linear NCHW only; got "
             f"{dtype_name(input_dtype)}/{format_name(input_format)} -> {dtype_name(output_dtype)}/"
             f"{format_name(output_format)}: cast the input or build with those types"
@@ -212,17 +212,17 @@ def autotune_formats() -> str:
 def block_channels(channels: int) -> int:
     """Channels per kernel program: the next power of two >= C, capped at MAX_BLOCK_C."""
     if channels < 1:
-        raise ValueError(f"SPP needs at least one channel; got {channels}")
+        raise InvalidInput(f"SPP needs at least one channel; got {channels}")
     return min(MAX_BLOCK_C, 1 << (channels - 1).bit_length())
 
 
 def launch_grid(batch: int, channels: int, levels: Sequence[int], block_c: int) -> tuple[int, int]:
     """Kernel grid: axis 0 is (image, output bin over all levels), axis 1 the channel blocks."""
     if block_c < 1 or block_c & (block_c - 1):
-        raise ValueError(f"block_c must be a power of two >= 1 (Triton's arange); got {block_c}")
+        raise InvalidInput(f"block_c must be a power of two >= 1 (Triton's arange); got {block_c}")
     if batch < 0 or channels < 1:
-        raise ValueError(f"SPP launch needs batch >= 0 and channels >= 1; got batch {batch}, channels {channels}")
+        raise InvalidInput(f"SPP launch needs batch >= 0 and channels >= 1; got batch {batch}, channels {channels}")
     grid = (batch * sum(n * n for n in check_levels(levels)), -(-channels // block_c))
     if grid[0] > MAX_GRID[0] or grid[1] > MAX_GRID[1]:
-        raise ValueError(f"SPP launch grid {grid} exceeds CUDA's {MAX_GRID}: split the batch or raise block_c")
+        raise InvalidInput(f"SPP launch grid {grid} exceeds CUDA's {MAX_GRID}: split the batch or raise block_c")
     return grid

@@ -27,6 +27,8 @@ except ImportError as error:  # pragma: no cover - exercised only where triton i
     ) from error
 
 from sppnet.core.bins import DEFAULT_LEVELS, check_levels, check_pyramid
+from sppnet.core.errors import InvalidInput
+from sppnet.core.spp import check_maps
 from sppnet.export.spp_plugin import (
     MAX_BLOCK_C,
     RULE_CODES,
@@ -172,9 +174,9 @@ def compile_native(
     without one can still check that the kernel compiles for real, not only under the interpreter.
     """
     if interpreted():
-        raise RuntimeError("compile_native needs the native kernel: unset TRITON_INTERPRET and start a new process")
+        raise InvalidInput("compile_native needs the native kernel: unset TRITON_INTERPRET and start a new process")
     if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"compile_native dtype must be one of {SUPPORTED_DTYPES}; got {dtype!r}")
+        raise InvalidInput(f"compile_native dtype must be one of {SUPPORTED_DTYPES}; got {dtype!r}")
     kernel_rule_code(rule)
     levels = check_levels(levels)
     from triton.backends.compiler import GPUTarget
@@ -198,18 +200,11 @@ def compile_native(
 
 
 def _check_input(x: Tensor) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"spp_triton expects a 4-D (N, C, H, W) tensor; got {shape}: add a batch dimension")
-    if min(x.shape[1:]) < 1:
-        raise ValueError(
-            f"spp_triton got an empty feature map of shape {tuple(x.shape)}: the input image is too small for the "
-            "network (conv5 has no cells)"
-        )
+    check_maps(x, "spp_triton")
     if x.dtype not in _DTYPES:
-        raise ValueError(f"spp_triton runs float32 or float16 maps; got {x.dtype}: cast with x.float() or x.half()")
+        raise InvalidInput(f"spp_triton runs float32 or float16 maps; got {x.dtype}: cast with x.float() or x.half()")
     if x.device.type != "cuda" and not interpreted():
-        raise ValueError(
+        raise InvalidInput(
             f"spp_triton got a {x.device.type} tensor: pass a CUDA tensor, or set TRITON_INTERPRET=1 before "
             "importing sppnet.export.spp_triton to run the interpreter on the CPU"
         )
@@ -219,7 +214,7 @@ def _check_out(out: Tensor | None, x: Tensor, shape: tuple[int, int]) -> Tensor:
     if out is None:
         return torch.empty(shape, dtype=x.dtype, device=x.device)
     if tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
-        raise ValueError(
+        raise InvalidInput(
             f"spp_triton out must be a contiguous {x.dtype} tensor of shape {shape} on {x.device}; got "
             f"{out.dtype} {tuple(out.shape)} on {out.device}: allocate it with torch.empty({shape}, dtype=x.dtype)"
         )

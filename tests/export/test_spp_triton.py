@@ -25,6 +25,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sppnet.core.bins import spp_bins  # noqa: E402
+from sppnet.core.errors import DeviceUnavailable  # noqa: E402
 from sppnet.core.spp import spatial_pyramid_pool, spp_naive  # noqa: E402
 from sppnet.export import bench_kernel  # noqa: E402
 from sppnet.export import spp_triton as kernel  # noqa: E402
@@ -231,9 +232,9 @@ def test_native_kernel_on_cuda_equals_the_reference() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where there is no GPU")
 def test_gpu_checks_say_they_need_a_gpu() -> None:
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+    with pytest.raises(DeviceUnavailable, match="needs a CUDA GPU"):
         bench_kernel.bench_kernel(repeats=1)
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+    with pytest.raises(DeviceUnavailable, match="needs a CUDA GPU"):
         bench_kernel.check_kernel_cuda(trials=1)
 
 
