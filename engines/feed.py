@@ -31,9 +31,8 @@ import numpy as np
 
 from sppnet.core.errors import BadImage, OutOfMemory, SppnetError, one_line
 from sppnet.core.images import DEFAULT_MAX_PIXELS, load_bgr
-from sppnet.core.preprocess import Preprocess, short_side_size
-from sppnet.engines.model_set import ModelSet
-from sppnet.engines.routing import Policy, Route, RouteError, Served, _cover, _fit_plan, _nearest_scale, route_size
+from sppnet.core.preprocess import Preprocess
+from sppnet.engines.routing import Plan, Policy, Route, Served, plan_view, whole
 
 if TYPE_CHECKING:
     import torch
@@ -44,87 +43,6 @@ META = 7  # per image: offset, source height, width, resized height, width, crop
 PLAN_CACHE = 65536  # plans remembered (by size and policy)
 PACKERS = min(8, os.cpu_count() or 1)  # threads copying a batch's pixels into pinned memory (numpy frees the GIL)
 PACK_SPLIT = 8 << 20  # bytes of a batch above which the copy is split between the threads
-
-
-# --------------------------------------------------------------------------- geometry, from the size alone
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One resampling: the source resized to `resize` (height, width), then the window at (top, left) of the
-    output size cut from it (the whole resized image when there is no crop)."""
-
-    resize: tuple[int, int]
-    top: int
-    left: int
-    height: int
-    width: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one image becomes network input: the stage from the decoded image (the mean is subtracted after it), the
-    stage that fits a cropped view into the served range (after the mean, as `routing.prepare` orders them), and
-    its route."""
-
-    source: tuple[int, int]
-    first: Stage
-    second: Stage | None
-    route: Route
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.route.height, self.route.width
-
-
-def _whole(height: int, width: int) -> Stage:
-    return Stage((height, width), 0, 0, height, width)
-
-
-def _resize_crop(scaled: tuple[int, int], served: tuple[int, int]) -> Stage:
-    """`routing._resize_crop`: resize to `scaled`, then the centred `served` crop."""
-    return Stage(scaled, (scaled[0] - served[0]) // 2, (scaled[1] - served[1]) // 2, *served)
-
-
-def plan_view(
-    height: int, width: int, policy: Policy, pre: Preprocess, models: ModelSet, served: Served | None = None
-) -> Plan:
-    """The geometry `routing.prepare` gives an image of height x width, and its route; RouteError as `route`.
-
-    Mirrors `prepare` step by step (the tests hold the two together): the policy's size first; a size no model
-    takes is fitted from the decoded image in one resize under `full` and `none`, and after the crop (and the mean)
-    under `center-crop` and `nearest`.
-    """
-    served = served or Served.of(models)
-
-    def fit(h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
-        return None if policy.outside == "error" else _fit_plan(h, w, models)
-
-    second, fitted = None, None
-    if policy.name in ("center-crop", "nearest"):
-        if policy.name == "center-crop":
-            resized, crop = short_side_size(height, width, pre.short_side), pre.crop
-            first = Stage(resized, (resized[0] - crop) // 2, (resized[1] - crop) // 2, crop, crop)
-        else:
-            scales = list(models.fixed)
-            if not scales:
-                raise RouteError(
-                    f"policy 'nearest' needs fixed-size models and {models.directory} has none: use 'full'"
-                )
-            target = _nearest_scale(height, width, scales)
-            first = _resize_crop(_cover(height, width, target), target)
-        plan = fit(first.height, first.width)
-        if plan is not None:
-            second, fitted = _resize_crop(*plan), (first.height, first.width)
-    else:
-        size = (
-            short_side_size(height, width, policy.short_side or pre.crop) if policy.name == "full" else (height, width)
-        )
-        plan = fit(*size)
-        first = _whole(*size) if plan is None else _resize_crop(*plan)
-        fitted = None if plan is None else size
-    final = (second.height, second.width) if second else (first.height, first.width)
-    return Plan((height, width), first, second, route_size(*final, served, fitted))
 
 
 # --------------------------------------------------------------------------- device preprocessing (torch)
@@ -202,7 +120,7 @@ class DevicePreprocess:
         height, width = plans[0].size
         if out is None:
             out = torch.empty((len(plans), 3, height, width), dtype=torch.float32, device=self.device)
-        if all(p.second is None and p.first == _whole(height, width) and p.source == (height, width) for p in plans):
+        if all(p.second is None and p.first == whole(height, width) and p.source == (height, width) for p in plans):
             # already the input size (a fixed-scale stream): no resampling, packed back to back in `flat`
             hwc = flat[: len(plans) * height * width * 3].view(len(plans), height, width, 3).float()
             out.copy_(self._finish(hwc).permute(0, 3, 1, 2))

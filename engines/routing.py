@@ -19,8 +19,6 @@ from sppnet.core.errors import InvalidInput, RouteError
 from sppnet.core.manifest import SizeRange
 from sppnet.core.preprocess import (
     Preprocess,
-    center_view,
-    full_view,
     resize_to,
     short_side_size,
     subtract_mean,
@@ -101,29 +99,22 @@ class Route:
 
 
 def prepare(image: np.ndarray, policy: Policy, pre: Preprocess, models: ModelSet) -> View:
-    """A BGR (H, W, 3) image as network input under `policy`, fitted into the served range unless refused.
+    """A BGR (H, W, 3) image as network input under `policy`, fitted into the served range unless refused: its
+    `plan_view`, carried out on the CPU with OpenCV (the GPU-fed path carries out the same plan on the device)."""
+    plan = plan_view(*image.shape[:2], policy, pre, models, check=False)
+    pixels = subtract_mean(_apply(image.astype(np.float32, copy=False), plan.first), pre)
+    if plan.second is not None:
+        pixels = _apply(pixels, plan.second)
+    return View(pixels, plan.fitted_from)
 
-    A size no model takes is fitted from the decoded image in one resize (the policy's size is worked out first),
-    so an image as elongated as 1x2000 never becomes a huge intermediate array.
-    """
-    if policy.name == "center-crop":
-        pixels = center_view(image, pre)
-    elif policy.name == "nearest":
-        scales = list(models.fixed)
-        if not scales:
-            raise RouteError(f"policy 'nearest' needs fixed-size models and {models.directory} has none: use 'full'")
-        pixels = subtract_mean(_cover_crop(image, _nearest_scale(image.shape[0], image.shape[1], scales)), pre)
-    else:
-        side = policy.short_side or pre.crop
-        size = short_side_size(*image.shape[:2], side) if policy.name == "full" else image.shape[:2]
-        plan = None if policy.outside == "error" else _fit_plan(*size, models)
-        if plan is not None:
-            return View(subtract_mean(_resize_crop(image, *plan), pre), (size[0], size[1]))
-        if policy.name == "full":
-            return View(full_view(image, pre, side))
-        return View(subtract_mean(image.astype(np.float32), pre))
-    plan = None if policy.outside == "error" else _fit_plan(*pixels.shape[:2], models)
-    return View(pixels) if plan is None else View(_resize_crop(pixels, *plan), pixels.shape[:2])
+
+def _apply(image: np.ndarray, stage: Stage) -> np.ndarray:
+    """One stage on the CPU: resize (bilinear, as Caffe's tools) when the size changes, then the crop."""
+    if stage.resize != image.shape[:2]:
+        image = resize_to(image, *stage.resize)
+    if (stage.height, stage.width) == stage.resize:
+        return image
+    return np.ascontiguousarray(image[stage.top : stage.top + stage.height, stage.left : stage.left + stage.width])
 
 
 def _nearest_scale(height: int, width: int, scales: list[tuple[int, int]]) -> tuple[int, int]:
@@ -135,19 +126,6 @@ def _cover(height: int, width: int, target: tuple[int, int]) -> tuple[int, int]:
     """The size (aspect kept) that covers `target`."""
     cover = max(target[0] / height, target[1] / width)
     return max(target[0], round(height * cover)), max(target[1], round(width * cover))
-
-
-def _resize_crop(image: np.ndarray, scaled: tuple[int, int], served: tuple[int, int]) -> np.ndarray:
-    """Resize to `scaled`, then take the centred `served` crop."""
-    if scaled != image.shape[:2]:
-        image = resize_to(image, *scaled)
-    top, left = (scaled[0] - served[0]) // 2, (scaled[1] - served[1]) // 2
-    return np.ascontiguousarray(image[top : top + served[0], left : left + served[1]])
-
-
-def _cover_crop(image: np.ndarray, target: tuple[int, int]) -> np.ndarray:
-    """Resize (aspect kept) to cover `target`, then centre-crop to it."""
-    return _resize_crop(image, _cover(*image.shape[:2], target), target)
 
 
 def fitted_size(height: int, width: int, low: int, high_h: int, high_w: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -203,6 +181,97 @@ class Served:
             models.card.rule,
             models.sizes,
         )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One resampling: the source resized to `resize` (height, width), then the window at (top, left) of the
+    output size cut from it (the whole resized image when there is no crop)."""
+
+    resize: tuple[int, int]
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one image becomes network input: the stage from the decoded image (the mean is subtracted after it), the
+    stage that fits a cropped view into the served range (after the mean, as `routing.prepare` orders them), and
+    its route."""
+
+    source: tuple[int, int]
+    first: Stage
+    second: Stage | None
+    route: Route | None
+    fitted_from: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        last = self.second or self.first
+        return last.height, last.width
+
+
+def whole(height: int, width: int) -> Stage:
+    """The stage that keeps an image as it is."""
+    return Stage((height, width), 0, 0, height, width)
+
+
+def _resize_crop(scaled: tuple[int, int], served: tuple[int, int]) -> Stage:
+    """Resize to `scaled`, then the centred `served` crop."""
+    return Stage(scaled, (scaled[0] - served[0]) // 2, (scaled[1] - served[1]) // 2, *served)
+
+
+def plan_view(
+    height: int,
+    width: int,
+    policy: Policy,
+    pre: Preprocess,
+    models: ModelSet,
+    served: Served | None = None,
+    *,
+    check: bool = True,
+) -> Plan:
+    """How an image of height x width becomes network input, from its size alone, and its route.
+
+    The policy's size first; a size no model takes is fitted from the decoded image in one resize under `full`
+    and `none` (so a 1x2000 image never becomes a huge intermediate), and after the crop (and the mean) under
+    `center-crop` and `nearest`. With `check`, a size no model takes raises RouteError here; without, the plan's
+    route is left to `route` (the CPU path routes after it prepares).
+    """
+    served = served or Served.of(models)
+
+    def fit(h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        return None if policy.outside == "error" else _fit_plan(h, w, models)
+
+    second, fitted = None, None
+    if policy.name in ("center-crop", "nearest"):
+        if policy.name == "center-crop":
+            resized, crop = short_side_size(height, width, pre.short_side), pre.crop
+            first = Stage(resized, (resized[0] - crop) // 2, (resized[1] - crop) // 2, crop, crop)
+        else:
+            scales = list(models.fixed)
+            if not scales:
+                raise RouteError(
+                    f"policy 'nearest' needs fixed-size models and {models.directory} has none: use 'full'"
+                )
+            target = _nearest_scale(height, width, scales)
+            first = _resize_crop(_cover(height, width, target), target)
+        plan = fit(first.height, first.width)
+        if plan is not None:
+            second, fitted = _resize_crop(*plan), (first.height, first.width)
+    else:
+        size = (
+            short_side_size(height, width, policy.short_side or pre.crop) if policy.name == "full" else (height, width)
+        )
+        plan = fit(*size)
+        first = whole(*size) if plan is None else _resize_crop(*plan)
+        fitted = None if plan is None else size
+    final = (second.height, second.width) if second else (first.height, first.width)
+    chosen = route_size(*final, served, fitted) if check else _route_or_none(*final, served)
+    return Plan((height, width), first, second, chosen, fitted)
+
 
 
 def _route_or_none(height: int, width: int, served: Served) -> Route | None:

@@ -28,6 +28,7 @@ import torch
 
 from sppnet.core.atomic import sha256_file, write_atomic
 from sppnet.core.errors import BuildError, InvalidInput, SppnetError
+from sppnet.core.layers import CaffePool2d
 from sppnet.core.manifest import (
     MANIFEST,
     Builder,
@@ -95,6 +96,18 @@ def check_device(device: str) -> str:
             "engines will run on (AOTInductor compiles for the GPU it sees), or build for the cpu"
         )
     return device
+
+
+def check_symbolic(model: SPPNet) -> None:
+    """Refuse a dynamic package of a network whose pooling works out its windows from the input size in Python
+    (an imported Caffe pool with padding, AVE or a size-dependent clip): torch.export would fix them at the example
+    size, and AOTInductor does not check that guard, so the package would be silently wrong at other sizes."""
+    for name, layer in model.features.named_children():
+        if isinstance(layer, CaffePool2d) and not layer.global_pooling:
+            raise InvalidInput(
+                f"{model.spec.name}'s pool {name} ({layer.extra_repr()}) computes its windows from the input size: "
+                "a dynamic package cannot hold it exactly; build fixed sizes only (--kind fixed)"
+            )
 
 
 def plan_jobs(
@@ -280,6 +293,8 @@ def build_aoti_engines(
             + (f" at {', '.join(f'{h}x{w}' for h, w in scales)}" if scales is not None else "")
         )
     source = source_of_export(onnx_dir, checkpoint)  # the run's weights, checked against the export's sha256
+    if any(job.kind == "dynamic" for job in jobs):
+        check_symbolic(source.model)
     model = source.model.eval().to(device)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # an interrupted rebuild must not leave the old manifest listing files

@@ -14,12 +14,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from sppnet.core.bins import DEFAULT_LEVELS, check_levels, check_rule
+from sppnet.core.bins import DEFAULT_LEVELS, POOLS_PREFIX, check_levels, check_rule, parse_pools_rule, spp_bins
 
 
 def bin_edges(a: int | torch.SymInt, n: int, rule: str, device: torch.device) -> tuple[Tensor, Tensor]:
     """(start, end) int64 tensors of shape (n,) for an axis of length `a` (an int or a symbolic size)."""
     i = torch.arange(n, device=device, dtype=torch.int64)
+    if rule.startswith(POOLS_PREFIX):  # a Caffe file's windows where `a` is a length it was made for, else adaptive
+        start, end = bin_edges(a, n, "adaptive", device)
+        for length in parse_pools_rule(rule).lengths:
+            bins = torch.tensor(spp_bins(length, n, rule), device=device, dtype=torch.int64)
+            here = torch.full_like(start, 1) * a == length
+            start, end = torch.where(here, bins[:, 0], start), torch.where(here, bins[:, 1], end)
+        return start, end
     if rule == "adaptive":  # floor(i a / n), ceil((i + 1) a / n)
         return torch.div(i * a, n, rounding_mode="floor"), -torch.div(-(i + 1) * a, n, rounding_mode="floor")
     if rule == "window":  # start i * floor(a / n), window ceil(a / n)

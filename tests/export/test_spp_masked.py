@@ -98,3 +98,13 @@ def test_the_masked_form_exports_with_symbolic_sizes_and_the_eager_layer_does_no
         assert torch.equal(program.module()(x), spatial_pyramid_pool(x, (6, 3, 2, 1))), (b, h, w)
     with pytest.raises(Exception):  # noqa: B017 - the eager layer picks pools from Python ints of the size
         torch.export.export(SpatialPyramidPooling((6, 3, 2, 1)), example, dynamic_shapes=dims)
+
+
+def test_a_caffe_files_pools_rule_takes_its_windows_at_its_length_and_adaptive_bins_elsewhere() -> None:
+    rule = "pools@13:1=k13s13,2=k7s7,3=k5s4,6=k3s2"  # the SPP-net release's head (PAPER.md section 9)
+    for a in (13, 10, 17):
+        start, end = bin_edges(a, 2, rule, torch.device("cpu"))
+        assert list(zip(start.tolist(), end.tolist(), strict=True)) == spp_bins(a, 2, rule)
+    assert spp_bins(13, 2, rule) == [(0, 7), (7, 13)] and spp_bins(10, 2, rule) == spp_bins(10, 2, "adaptive")
+    x = torch.randn(2, 4, 13, 17)
+    assert torch.equal(masked_spp(x, (6, 3, 2, 1), rule), spatial_pyramid_pool(x, (6, 3, 2, 1), rule))
