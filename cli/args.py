@@ -43,10 +43,10 @@ def parse_scales(text: str) -> tuple[tuple[int, int], ...]:
 
 
 def parse_precisions(text: str) -> tuple[str, ...]:
-    """'fp32,fp16' -> ('fp32', 'fp16')."""
+    """'fp32,fp16' -> ('fp32', 'fp16'); bf16 too (compiled PyTorch engines; ONNX and TensorRT refuse it)."""
     values = tuple(p.strip() for p in text.split(","))
-    if not values or any(v not in ("fp32", "fp16") for v in values):
-        raise argparse.ArgumentTypeError(f"precisions {text!r} are not a comma-separated list of fp32 and fp16")
+    if not values or any(v not in ("fp32", "fp16", "bf16") for v in values):
+        raise argparse.ArgumentTypeError(f"precisions {text!r} are not a comma-separated list of fp32, fp16, bf16")
     return values
 
 

@@ -10,6 +10,7 @@ from sppnet.cli.args import parse_levels, parse_size_list, parse_sizes
 from sppnet.cli.detect import detect_arguments, detect_config
 from sppnet.cli.export import export_arguments, export_config
 from sppnet.core.bins import RULES
+from sppnet.engines.runtime import BACKENDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,14 +43,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     be.add_argument("--json", action="store_true")
     be.set_defaults(run=bench_export)
 
-    br = bench_sub.add_parser("runtime", help="dispatcher vs direct model calls vs PyTorch eager, mixed sizes")
+    br = bench_sub.add_parser(
+        "runtime",
+        help="dispatcher vs direct model calls vs PyTorch eager, mixed sizes; with --device, the serving streams",
+    )
     br.add_argument("--engines", required=True, metavar="DIR", help="an engine dir, ONNX export or run")
-    br.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto")
-    br.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
-    br.add_argument("--images", type=int, default=96, help="stream length (96; a third at the fixed scales)")
+    br.add_argument("--backend", choices=BACKENDS, default="auto")
+    br.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None, help="(fp32; fp16 on a GPU)")
+    br.add_argument("--images", type=int, default=None, help="stream length (96; with --device 2048)")
     br.add_argument("--max-size", type=int, default=256, help="largest random side (256)")
-    br.add_argument("--repeats", type=int, default=9)
+    br.add_argument("--repeats", type=int, default=None, help="(9; with --device 3)")
     br.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
+    serving = br.add_argument_group("serving streams (--device)")
+    serving.add_argument(
+        "--device",
+        default=None,
+        metavar="cpu|cuda",
+        help="bare engine, runtime from arrays and from JPEG files, each against PyTorch eager and compiled",
+    )
+    serving.add_argument("--batch", type=int, default=None, help="batch of the fixed-scale streams")
+    serving.add_argument("--workers", type=int, default=None, help="decoding processes")
+    serving.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    serving.add_argument("--no-jpeg", action="store_true", help="leave the JPEG stream out")
     br.add_argument("--json", action="store_true")
     br.set_defaults(run=bench_runtime)
 
@@ -100,17 +115,31 @@ def bench_export(args: argparse.Namespace) -> None:
 
 
 def bench_runtime(args: argparse.Namespace) -> None:
-    from sppnet.engines.bench_runtime import bench_runtime, format_bench
+    from sppnet.engines.bench_runtime import bench_runtime, bench_serving, format_bench
 
-    result = bench_runtime(
-        args.engines,
-        count=args.images,
-        repeats=args.repeats,
-        precision=args.precision,
-        backend=args.backend,
-        max_size=args.max_size,
-        torch_reference=not args.no_torch,
-    )
+    if args.device is None:
+        result = bench_runtime(
+            args.engines,
+            count=args.images or 96,
+            repeats=args.repeats or 9,
+            precision=args.precision or "fp32",
+            backend=args.backend,
+            max_size=args.max_size,
+            torch_reference=not args.no_torch,
+        )
+    else:
+        result = bench_serving(
+            args.engines,
+            device=args.device,
+            precision=args.precision,
+            backend=args.backend,
+            count=args.images or 2048,
+            batch=args.batch,
+            repeats=args.repeats or 3,
+            workers=args.workers,
+            contenders=("eager fp32", "eager fp16") + (() if args.no_compile else ("compiled fp16",)),
+            jpeg=not args.no_jpeg,
+        )
     print(json.dumps(result.to_json()) if args.json else format_bench(result))
 
 

@@ -78,7 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     par.add_argument("--json", action="store_true")
     par.set_defaults(run=parity)
 
-    bu = sub.add_parser("build", help="TensorRT engines (tensorrt, else tensorrt_rtx) from an ONNX export")
+    bu = sub.add_parser(
+        "build",
+        help="engines from an ONNX export: TensorRT (tensorrt, else tensorrt_rtx), or compiled PyTorch (torch_aoti)",
+    )
     bu.add_argument("--onnx", required=True, type=Path, metavar="DIR", help="an `sppnet export` directory")
     bu.add_argument("--out", required=True, type=Path, metavar="ENGINE_DIR")
     bu.add_argument("--precision", type=parse_precisions, default=None, metavar="P[,P]", help="(all exported)")
@@ -91,7 +94,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="X.Y",
         help="TensorRT-RTX target GPUs, repeatable (its defaults: Ampere and later)",
     )
-    bu.add_argument("--builder", choices=["tensorrt", "tensorrt_rtx"], default=None, help="(first importable)")
+    bu.add_argument(
+        "--builder",
+        choices=["tensorrt", "tensorrt_rtx", "torch_aoti"],
+        default=None,
+        help="(the first TensorRT importable); torch_aoti: AOTInductor packages for the GPU (or CPU) it runs on",
+    )
+    aoti = bu.add_argument_group("torch_aoti")
+    aoti.add_argument("--device", default=None, metavar="cuda|cpu", help="what the packages run on (the GPU if any)")
+    aoti.add_argument("--checkpoint", type=Path, default=None, metavar="RUN", help="the run exported (the manifest's)")
+    aoti.add_argument("--scalar", action="store_true", help="scalar CPU kernels (a dynamic CPU package builds faster)")
     bu.set_defaults(run=build, interrupted=RERUN)
 
 
@@ -124,6 +136,21 @@ def parity(args: argparse.Namespace) -> int:
 
 
 def build(args: argparse.Namespace) -> None:
+    if args.builder == "torch_aoti":
+        from sppnet.export.aoti_builder import build_aoti_engines
+
+        path = build_aoti_engines(
+            args.onnx,
+            args.out,
+            precisions=args.precision,
+            kinds=args.kind,
+            device=args.device,
+            checkpoint=args.checkpoint,
+            vectorize=not args.scalar,
+            progress=print,
+        )
+        print(f"wrote {path}")
+        return
     from sppnet.export.build import build_engines
 
     path = build_engines(

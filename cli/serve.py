@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from sppnet.engines.runtime import BACKENDS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     inf = sub.add_parser("infer", help="classify images of any size, each routed to the right engine")
@@ -17,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="an engine directory (sppnet build), an ONNX export (sppnet export) or a run",
     )
-    inf.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto")
+    inf.add_argument("--backend", choices=BACKENDS, default="auto", help="(auto: the directory's own)")
+    inf.add_argument(
+        "--device", default=None, metavar="cpu|cuda[:N]", help="where the models run; cuda feeds the GPU (the stream)"
+    )
+    inf.add_argument("--workers", type=int, default=None, help="decoding processes of the GPU-fed path")
     inf.add_argument(
         "--policy",
         choices=["full", "center-crop", "nearest", "none"],
@@ -34,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(resize, the default), or refuse it (error)",
     )
     inf.add_argument(
-        "--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="(fp32; bf16: runs, torch only)"
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        default=None,
+        help="(fp16 on a GPU where the directory has it, else fp32)",
     )
     inf.add_argument("--topk", type=int, default=5)
     inf.add_argument("--json", action="store_true", help="one JSON object per image and line")
@@ -59,8 +68,10 @@ def infer(args: argparse.Namespace) -> int:
     from sppnet.engines.runtime import Runtime
 
     policy = Policy(args.policy, args.short_side, args.outside)
-    with Runtime(args.engines, backend=args.backend, policy=policy, precision=args.precision, topk=args.topk) as rt:
-        results = rt.infer(args.images)
+    options = {"backend": args.backend, "policy": policy, "precision": args.precision, "topk": args.topk}
+    with Runtime(args.engines, device=args.device, **options) as rt:
+        gpu = (args.device or "").startswith("cuda")
+        results = rt.stream(args.images, workers=args.workers) if gpu else rt.infer(args.images)
     for r in results:
         if args.json:
             print(json.dumps(r.to_json()))

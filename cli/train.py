@@ -44,12 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     device_arguments(tr, training=True)
     tr.add_argument("--workers", type=int, default=None, help="batch-making processes (0 on the CPU, <= 8 on a GPU)")
     tr.add_argument(
-        "--stop-gain",
-        type=float,
+        "--plateau",
+        type=int,
         default=None,
-        metavar="PP",
-        help="stop once test top-1 error improved by less than PP over the last quarter of the epochs (off)",
+        metavar="EPOCHS",
+        help="lr / 10 when validation top-1 stalls for EPOCHS (then 1), at the latest at --milestones; converged at "
+        "the plateau after two drops (off: drops at --milestones only)",
     )
+    tr.add_argument("--val-images", type=int, default=0, help="training images held out to watch (0: the test split)")
     tr.set_defaults(run=train, interrupted=RESUME)
 
     ev = sub.add_parser("evaluate", help="top-1/top-5 error of a run")
@@ -67,12 +69,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--out", default="artifacts/reproduce", type=Path, metavar="DIR", help="(artifacts/reproduce)")
     rep.add_argument("--source", choices=["fashion-mnist", "shapes"], default=None)
     rep.add_argument("--seeds", type=parse_sizes, default=None, help="training seeds (0,1,2)")
-    rep.add_argument("--epochs", type=int, default=None, help="(20)")
-    rep.add_argument("--images", type=int, default=None, help="built-in dataset size (3000)")
+    rep.add_argument("--epochs", type=int, default=None, help="the budget of each run (10)")
+    rep.add_argument("--images", type=int, default=None, help="built-in dataset size (14000)")
+    rep.add_argument("--test-images", type=int, default=None, help="of which test images (5000)")
     rep.add_argument(
         "--with-detection",
         action="store_true",
         help="also the detection experiment on a built-in VOC-layout set (about 10 more minutes on 2 cores)",
+    )
+    rep.add_argument("--network", default=None, metavar="NAME", help="(zf5_cpu); zf5 with its paper sizes on a GPU")
+    rep.add_argument(
+        "--fashion-mnist-dir", type=Path, default=None, metavar="DIR", help="the idx files (Debian's package)"
     )
     device_arguments(rep, training=True)
     rep.set_defaults(run=reproduce, interrupted=REPRODUCE_RESUME)
@@ -93,8 +100,8 @@ def device_arguments(parser: argparse.ArgumentParser, *, training: bool) -> None
 def train(args: argparse.Namespace) -> None:
     from sppnet.core.networks import get_network
     from sppnet.reproduce.solver import SolverConfig
-    from sppnet.reproduce.stats import ConvergenceRule
-    from sppnet.reproduce.train import TrainConfig, train
+    from sppnet.reproduce.stats import PlateauRule
+    from sppnet.reproduce.train import TrainConfig, load_data, train
 
     config = TrainConfig(
         model=args.model,
@@ -112,10 +119,13 @@ def train(args: argparse.Namespace) -> None:
         preprocess=get_network(args.model).default_preprocess(args.sizes, args.short_side),
         on_bad=args.on_bad,
         precision=args.precision,
-        stop=None if args.stop_gain is None else ConvergenceRule(min_gain_pp=args.stop_gain),
+        plateau=None if args.plateau is None else PlateauRule(patience=args.plateau),
     )
-    progress = sys.stderr.isatty()
-    train(config, args.data, args.out, resume=args.resume, progress=progress, device=args.device, workers=args.workers)
+    data = load_data(args.data, config)
+    if args.val_images:
+        data = data.hold_out(args.val_images)
+    options = {"resume": args.resume, "progress": sys.stderr.isatty(), "device": args.device, "workers": args.workers}
+    train(config, args.data, args.out, data=data, **options)
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -133,11 +143,15 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def reproduce(args: argparse.Namespace) -> None:
-    from sppnet.pipeline.config import ReproduceConfig
+    from sppnet.pipeline.config import ReproduceConfig, paper_network
     from sppnet.pipeline.job import run_job
 
     changes = {"source": args.source, "seeds": args.seeds, "epochs": args.epochs, "images": args.images}
+    changes |= {"test_images": args.test_images}
     changes = {k: v for k, v in changes.items() if v is not None}
     changes |= {"with_detection": args.with_detection, "device": args.device, "precision": args.precision}
+    changes |= {"fashion_mnist_dir": args.fashion_mnist_dir}
+    if args.network is not None:
+        changes |= paper_network(args.network)
     job = ReproduceConfig.quick_run(**changes) if args.quick else ReproduceConfig(**changes)
     run_job(job, args.out)

@@ -3,6 +3,8 @@ Caffe's padding and AVE divisor, and the SPP-net release's test-time-scaled drop
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,11 +27,41 @@ class WithinChannelLRN(nn.Module):
         self.local_size, self.alpha, self.beta = local_size, alpha, beta
 
     def forward(self, x: Tensor) -> Tensor:
-        mean = F.avg_pool2d(x * x, self.local_size, stride=1, padding=self.local_size // 2, count_include_pad=True)
-        return x * (1.0 + self.alpha * mean).pow(-self.beta)
+        return _WithinChannelLRN.apply(x, self.local_size, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
         return f"local_size={self.local_size}, alpha={self.alpha}, beta={self.beta}"
+
+
+def _box(x: Tensor, k: int) -> Tensor:
+    """The k x k mean with zero padding whose divisor counts the padded cells (always k*k): Caffe's LRN window."""
+    return F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=True)
+
+
+class _WithinChannelLRN(torch.autograd.Function):
+    """y = x u^-b with u = 1 + a box(x^2), and its gradient written out: one box filter forward and one backward,
+    where autograd would keep and replay every intermediate (about half of a CPU preset's training step).
+
+    dx = g u^-b - 2ab x box(g x u^-b / u): the box filter is its own adjoint (symmetric window, zero padding).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, k: int, a: float, b: float) -> Tensor:
+        u = _box(x * x, k).mul_(a).add_(1.0)
+        if b == 0.75:  # the paper's LRNs: u^-3/4 as rsqrt(u) * sqrt(rsqrt(u)), cheaper than pow
+            root = u.rsqrt()
+            power = root * root.sqrt()
+        else:
+            power = u.pow(-b)
+        ctx.save_for_backward(x, u, power)
+        ctx.k, ctx.a, ctx.b = k, a, b
+        return x * power
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
+        x, u, power = ctx.saved_tensors
+        inner = _box(g * x * power / u, ctx.k)
+        return g * power - (2.0 * ctx.a * ctx.b) * x * inner, None, None, None
 
 
 class AcrossChannelLRN(nn.LocalResponseNorm):

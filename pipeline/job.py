@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,9 @@ def classification_results(
             "epochs": job.epochs,
             "device": str(resolve_device(job.device)),
             "precision": job.precision,
-            "stop": job.stop.describe() if job.stop else None,
+            "stop": job.plateau.describe() if job.plateau else None,
+            "dropout": job.dropout,
+            "generation": asdict(job.generation),
             "seeds": list(job.seeds),
             "quick": job.quick,
             "train_sizes": {v: list(job.train_config(v, 0).sizes) for v in VARIANTS},

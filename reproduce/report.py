@@ -20,7 +20,7 @@ import numpy as np
 
 from sppnet.core.atomic import write_atomic
 from sppnet.core.errors import InvalidInput
-from sppnet.reproduce.stats import Interval, paired_bootstrap
+from sppnet.reproduce.stats import Interval, paired_bootstrap, seed_interval
 
 FORMAT = 2
 VARIANTS = ("no_spp", "spp_single", "spp_multi")
@@ -146,6 +146,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "test_sizes": {v: _test_sizes(per_variant[v], views["full"]) for v in SPP_VARIANTS},
         "curves": {v: _curves(per_variant[v]) for v in VARIANTS},
         "convergence": [_convergence(run) for v in VARIANTS for run in per_variant[v]],
+        "monitored": _monitored_name(runs),
         "settings": settings,
         "timing": results["timing"],
     }
@@ -270,6 +271,7 @@ def _effect(
     interval = paired_bootstrap(wrong_m, wrong_r)
     delta = _stat(100.0 * float((wrong_m[k] - wrong_r[k]).mean()) for k in range(len(seeds)))
     assert delta is not None
+    seeds_only = seed_interval(delta["values"])
     paper_delta, paper_label = _paper_delta(effect, paper)
     return {
         "key": effect.key,
@@ -280,10 +282,11 @@ def _effect(
         "seeds": seeds,
         "delta": delta,
         "interval": interval.to_json(),
+        "seed_interval": None if seeds_only is None else list(seeds_only),
         "paper_delta": paper_delta,
         "paper_network": paper_label,
         "verdict": interval.verdict,
-        "sentence": _sentence(effect, interval, delta, paper_delta, paper_label),
+        "sentence": _sentence(effect, interval, delta, seeds_only, paper_delta, paper_label),
     }
 
 
@@ -297,7 +300,14 @@ def _correct(run: dict[str, Any], view: str, size: int | None) -> list[int]:
     return list(entry["correct"])
 
 
-def _sentence(effect: Effect, interval: Interval, delta: dict[str, Any], paper_delta: float, paper_label: str) -> str:
+def _sentence(
+    effect: Effect,
+    interval: Interval,
+    delta: dict[str, Any],
+    seeds_only: tuple[float, float] | None,
+    paper_delta: float,
+    paper_label: str,
+) -> str:
     n = interval.seeds
     measured = (
         f"{_num(interval.mean, signed=True)} pp, 95% interval [{_num(interval.low, signed=True)}, "
@@ -318,7 +328,16 @@ def _sentence(effect: Effect, interval: Interval, delta: dict[str, Any], paper_d
             f"(its half-width, {(interval.high - interval.low) / 2:.2f} pp, is about the smallest effect they could "
             "show)."
         )
-    spread = "" if delta["std"] is None else f" Seed-to-seed std of the paired deltas: {delta['std']:.2f} pp."
+    spread = ""
+    if seeds_only is not None:
+        low, high = seeds_only
+        agrees = (low < 0 < high) == (verdict == "not established")
+        spread = (
+            f" Over seeds alone (t interval of the {n} per-seed deltas, std {delta['std']:.2f} pp): "
+            f"[{_num(low, signed=True)}, {_num(high, signed=True)}]"
+            + ("." if agrees else ", which disagrees: with this few seeds the bootstrap is optimistic, so hold the "
+               "verdict loosely.")
+        )
     return f"{head} Verdict: {verdict}; {why}{spread}"
 
 
@@ -339,23 +358,38 @@ def _test_sizes(runs: Sequence[dict[str, Any]], full_size: int) -> list[dict[str
 
 
 def _convergence(run: dict[str, Any]) -> dict[str, Any]:
-    """How one run ended: why it stopped, after how many epochs, its last test error and its last quarter's gain."""
-    errors = [100.0 * h["test_top1_err"] for h in run["history"] if h.get("test_top1_err") is not None]
-    span = max(1, round(0.25 * len(errors)))
-    gain = min(errors[:-span]) - min(errors[-span:]) if len(errors) > span else None
+    """How one run ended: why it stopped, after how many epochs, its last monitored error and last quarter's gain."""
+    errors = [100.0 * e for e in _monitored(run["history"])]
+    span = max(1, -(-len(errors) // 4))
+    gain = min(errors[:-span]) - min(errors) if len(errors) > span else None
     stopped = run.get("stopped") or {"reason": "budget", "epochs_run": len(run["history"])}
     return {
         "variant": run["variant"],
         "seed": run["seed"],
         "reason": stopped["reason"],
         "epochs_run": stopped.get("epochs_run", len(run["history"])),
-        "final_test_top1": errors[-1] if errors else None,
+        "lr_drops": stopped.get("lr_drops", []),
+        "final_top1": errors[-1] if errors else None,
         "last_quarter_gain_pp": gain,
     }
 
 
+def _has_error(row: dict[str, Any]) -> bool:
+    return row.get("val_top1_err", row.get("test_top1_err")) is not None
+
+
+def _monitored(history: Sequence[dict[str, Any]]) -> list[float]:
+    """The per-epoch error a run watched: validation top-1 where it had a validation split, else test top-1."""
+    return [h["val_top1_err"] if "val_top1_err" in h else h["test_top1_err"] for h in history]
+
+
+def _monitored_name(runs: Sequence[dict[str, Any]]) -> str:
+    return "validation" if any("val_top1_err" in h for r in runs for h in r["history"]) else "test"
+
+
 def _curves(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per epoch: train loss and test top-1 error (%) over seeds; an epoch missing a value in a run skips it."""
+    """Per epoch: train loss and the monitored top-1 error (%, validation or test) over seeds; an epoch missing a
+    value in a run skips it."""
     epochs = sorted({h["epoch"] for r in runs for h in r["history"]})
     rows = []
     for epoch in epochs:
@@ -365,7 +399,7 @@ def _curves(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "epoch": epoch,
                 "sizes": sorted({h["size"] for h in records if h.get("size") is not None}),
                 "train_loss": _stat(h["train_loss"] for h in records if h.get("train_loss") is not None),
-                "test_top1": _stat(100.0 * h["test_top1_err"] for h in records if h.get("test_top1_err") is not None),
+                "test_top1": _stat(100.0 * e for e in _monitored([h for h in records if _has_error(h)])),
             }
         )
     return rows
@@ -432,7 +466,15 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if summary["quick"]:
         lines += ["Smoke run: the verdicts below follow the same rule as a full run but say nothing about SPP.", ""]
     lines += _table(
-        ["effect", "metric", "measured Δ (pp) [95% interval]", "per-seed Δ (pp)", "paper Δ (pp)", "verdict"],
+        [
+            "effect",
+            "metric",
+            "measured Δ (pp) [95% interval]",
+            "per-seed Δ (pp)",
+            "seeds-only t interval",
+            "paper Δ (pp)",
+            "verdict",
+        ],
         (
             [
                 e["title"],
@@ -440,6 +482,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 f"{_num(e['interval']['mean'], signed=True)} [{_num(e['interval']['low'], signed=True)}, "
                 f"{_num(e['interval']['high'], signed=True)}]",
                 ", ".join(_num(v, signed=True) for v in e["delta"]["values"]),
+                "n/a"
+                if e["seed_interval"] is None
+                else f"[{_num(e['seed_interval'][0], signed=True)}, {_num(e['seed_interval'][1], signed=True)}]",
                 f"{e['paper_delta']:+.2f} ({e['paper_network']})",
                 e["verdict"],
             ]
@@ -524,14 +569,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"Stopping rule: {settings.get('stop') or 'none: every run trains its ' + str(summary['epochs']) + ' epochs'}.",
         "",
     ]
+    watched = summary["monitored"]
     lines += _table(
-        ["run", "stopped", "epochs run", "final test top-1", "test top-1 gain over its last quarter (pp)"],
+        ["run", "stopped", "epochs run", "lr drops", f"final {watched} top-1", "gain over its last quarter (pp)"],
         (
             [
                 f"{LABELS[c['variant']]}, seed {c['seed']}",
                 "converged" if c["reason"] == "converged" else "at its epoch budget",
                 str(c["epochs_run"]),
-                "n/a" if c["final_test_top1"] is None else _num(c["final_test_top1"]),
+                "; ".join(c["lr_drops"]) or "none",
+                "n/a" if c["final_top1"] is None else _num(c["final_top1"]),
                 "n/a" if c["last_quarter_gain_pp"] is None else _num(c["last_quarter_gain_pp"], signed=True),
             ]
             for c in summary["convergence"]
@@ -618,7 +665,8 @@ def plot_training_curves(summary: dict[str, Any]) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = _figure(2)
-    for ax, key, ylabel in zip(axes, ("train_loss", "test_top1"), ("train loss", "test top-1 error (%)"), strict=True):
+    labels = ("train loss", f"{summary.get('monitored', 'test')} top-1 error (%)")
+    for ax, key, ylabel in zip(axes, ("train_loss", "test_top1"), labels, strict=True):
         for v in VARIANTS:
             rows = [row for row in summary["curves"][v] if row[key] is not None]
             x = [row["epoch"] for row in rows]

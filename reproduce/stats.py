@@ -1,4 +1,5 @@
-"""Paired effects with bootstrap intervals, and the rule that says when a training run has converged.
+"""Paired effects with bootstrap intervals, and the rule that drops the lr at plateaus and says when a run has
+converged.
 
 An effect compares two variants (or two views of one variant) on the same test images, seed by seed: per seed and
 image, the difference of the 0/1 top-1 errors. Its estimate is the mean difference in percentage points; its 95%
@@ -59,6 +60,18 @@ class Interval:
         }
 
 
+def seed_interval(per_seed: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
+    """Student's t interval of the mean over seeds of per-seed deltas (pp): the seed-to-seed spread alone, a check
+    on the bootstrap, whose resampling of 3 seeds is optimistic. None for fewer than two seeds."""
+    from scipy.stats import t as student_t
+
+    values = np.asarray(per_seed, dtype=np.float64)
+    if len(values) < 2:
+        return None
+    half = float(student_t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return float(values.mean()) - half, float(values.mean()) + half
+
+
 def paired_bootstrap(
     measured: np.ndarray, reference: np.ndarray, *, draws: int = DRAWS, level: float = LEVEL, seed: int = 0
 ) -> Interval:
@@ -90,31 +103,53 @@ def paired_bootstrap(
 
 
 @dataclass(frozen=True)
-class ConvergenceRule:
-    """When a run stops: test top-1 error improved by less than `min_gain_pp` over the last `window` of its epochs
-    (a fraction of the epochs run so far), once at least `min_epochs` ran; otherwise at the epoch budget."""
+class PlateauRule:
+    """The paper's schedule as a rule (PAPER.md section 4: lr divided by 10 "twice at plateaus"), and when a run has
+    converged.
 
-    min_gain_pp: float = 0.5
-    window: float = 0.25
-    min_epochs: int = 8
+    A phase is the epochs at one lr. It ends at its plateau: the phase's best monitored error (validation top-1)
+    has not improved by `delta_pp` over its last `patience` epochs (1 epoch after the first drop, since a lower lr
+    moves the predictions less); at the latest it ends at the solver's next milestone. After `drops` drops, the next
+    plateau means the run has converged and it stops; otherwise it stops at its epoch budget.
+    """
+
+    patience: int = 2
+    delta_pp: float = 0.5
+    drops: int = 2
 
     def __post_init__(self) -> None:
-        if self.min_gain_pp < 0 or not 0 < self.window <= 1 or self.min_epochs < 2:
-            raise InvalidInput(
-                f"convergence rule needs min_gain_pp >= 0, 0 < window <= 1 and min_epochs >= 2; got {self}"
-            )
+        if self.patience < 1 or self.delta_pp < 0 or self.drops < 0:
+            raise InvalidInput(f"plateau rule needs patience >= 1, delta_pp >= 0 and drops >= 0; got {self}")
 
-    def converged(self, test_errors: Sequence[float]) -> bool:
-        """Whether a run whose per-epoch test errors (fractions) are `test_errors` has converged."""
-        epochs = len(test_errors)
-        if epochs < self.min_epochs:
-            return False
-        span = max(1, round(self.window * epochs))
-        before = min(test_errors[: epochs - span])  # the best error before the window
-        return 100.0 * (before - min(test_errors[epochs - span :])) < self.min_gain_pp
+    def state(self, errors: Sequence[float], milestones: Sequence[int] = ()) -> PlateauState:
+        """Where a run stands after epochs whose monitored errors (fractions) are `errors`: its lr drops so far,
+        why each happened, and whether it has converged."""
+        drops, start, why = 0, 0, []
+        for epoch in range(len(errors)):
+            phase = errors[start : epoch + 1]
+            patience = self.patience if drops == 0 else 1
+            plateau = len(phase) > patience and 100.0 * (min(phase[:-patience]) - min(phase)) < self.delta_pp
+            if plateau and drops >= self.drops:
+                return PlateauState(drops, tuple(why), epoch + 1)
+            scheduled = drops < len(milestones) and epoch + 1 >= milestones[drops]
+            if drops < self.drops and (plateau or scheduled):
+                why.append(f"after epoch {epoch + 1}: {'plateau' if plateau else 'milestone'}")
+                drops, start = drops + 1, epoch + 1
+        return PlateauState(drops, tuple(why), None)
 
     def describe(self) -> str:
         return (
-            f"test top-1 error improved by less than {self.min_gain_pp:g} pp over the last "
-            f"{100 * self.window:g}% of the epochs run (at least {self.min_epochs})"
+            f"lr / 10 when validation top-1 improves by less than {self.delta_pp:g} pp over {self.patience} epochs "
+            f"(1 after the first drop), at the latest at each milestone; converged at the plateau after {self.drops} "
+            "drops"
         )
+
+
+@dataclass(frozen=True)
+class PlateauState:
+    """A run under a `PlateauRule`: its lr drops so far, why each happened, and the epoch count at which it
+    converged (None while it has not)."""
+
+    drops: int
+    why: tuple[str, ...]
+    converged_after: int | None

@@ -168,3 +168,25 @@ def test_describe_takes_a_run_directory_and_prints_its_own_network(
     rows = {row["layer"]: row for row in json.loads(out)}
     assert code == 0, err
     assert rows["conv5"]["output"] == [32, 6, 6] and rows["fc8"]["output"] == [10]  # the run's 10 shape classes
+
+
+def test_compiled_pytorch_engines_build_and_serve_from_the_command_line(
+    capsys: pytest.CaptureFixture[str], trained_run: Path, tmp_path
+) -> None:
+    import skimage.data
+
+    onnx_dir, engines = tmp_path / "onnx", tmp_path / "aoti"
+    export = ["export", "--checkpoint", str(trained_run), "--scales", "90", "--no-dynamic", "--precision", "fp32"]
+    assert run(capsys, *export, "--out", str(onnx_dir))[0] == 0
+    code, out, err = run(
+        capsys, "build", "--onnx", str(onnx_dir), "--out", str(engines), "--builder", "torch_aoti", "--device", "cpu"
+    )
+    assert code == 0, err
+    manifest = json.loads((engines / "manifest.json").read_text())
+    assert manifest["builder"]["module"] == "torch_aoti" and [f["scale"] for f in manifest["files"]] == [[90, 90]]
+    photo = str(Path(skimage.data.__file__).parent / "coffee.png")
+    code, out, err = run(capsys, "infer", photo, "--engines", str(engines), "--policy", "nearest", "--json")
+    assert code == 0, err
+    assert json.loads(out)["route"]["model"] == manifest["files"][0]["file"]
+    code, _, err = run(capsys, "build", "--onnx", str(onnx_dir), "--out", str(tmp_path / "x"), "--precision", "bf16")
+    assert code == 2 and "bf16" in err  # TensorRT builds fp32 and fp16 only

@@ -84,3 +84,19 @@ def test_stride_beyond_kernel_and_even_lrn_sizes_are_refused() -> None:
         CaffeMaxPool2d(2, 3)
     with pytest.raises(ValueError, match="odd local_size"):
         WithinChannelLRN(4)
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_within_channel_lrn_has_the_gradient_of_its_formula(beta: float) -> None:
+    # Large activations and a large alpha, so the normalisation term really contributes to the gradient.
+    x = (torch.rand(2, 3, 5, 6, dtype=torch.float64) * 20).requires_grad_(True)
+    assert torch.autograd.gradcheck(WithinChannelLRN(3, 5e-3, beta), (x,))
+    # ... and the same gradient as autograd's through the formula written plainly.
+    def plain(t: torch.Tensor) -> torch.Tensor:
+        mean = torch.nn.functional.avg_pool2d(t * t, 3, stride=1, padding=1, count_include_pad=True)
+        return t * (1 + 5e-3 * mean).pow(-beta)
+
+    weights = torch.rand_like(x)
+    (got,) = torch.autograd.grad((WithinChannelLRN(3, 5e-3, beta)(x) * weights).sum(), x)
+    (want,) = torch.autograd.grad((plain(x) * weights).sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

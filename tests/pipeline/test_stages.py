@@ -11,14 +11,14 @@ from sppnet.core.manifest import read_engine_manifest, read_export_manifest
 from sppnet.pipeline import build as build_stage
 from sppnet.pipeline.config import ReproduceConfig
 from sppnet.pipeline.data import make_data
-from sppnet.pipeline.evaluate import evaluation_plan
+from sppnet.pipeline.evaluate import evaluation_plan, sizes_plan, spread_subset
 from sppnet.pipeline.serve import held_out_images, serve_check
 
 from .conftest import QUICK
 
 
 def test_data_is_made_once_then_reused_and_another_dataset_is_refused(tmp_path: Path) -> None:
-    job = ReproduceConfig.quick_run(source="shapes", images=60)
+    job = ReproduceConfig.quick_run(source="shapes", images=60, test_images=20)
     logged: list[str] = []
     first = make_data(job, tmp_path, logged.append)
     assert any(line.startswith("making the built-in dataset") for line in logged)
@@ -27,14 +27,21 @@ def test_data_is_made_once_then_reused_and_another_dataset_is_refused(tmp_path: 
     assert not logged and again.to_json() == first.to_json()
     assert len(first.decoded.train_images) + len(first.decoded.test_images) == 60
     with pytest.raises(ValueError, match="holds another dataset"):
-        make_data(ReproduceConfig.quick_run(source="shapes", images=80), tmp_path, logged.append)
+        make_data(ReproduceConfig.quick_run(source="shapes", images=80, test_images=20), tmp_path, logged.append)
 
 
-def test_the_no_spp_baseline_has_no_full_image_test_and_spp_runs_add_the_full_image_size() -> None:
-    job = ReproduceConfig(test_sizes=(90, 160))
+def test_every_test_image_gets_crop_10view_and_the_full_image_and_a_subset_the_other_sizes() -> None:
+    job = ReproduceConfig(test_sizes=(90, 160), test_sizes_subset=4)
+    short = job.preprocess.short_side
     assert evaluation_plan(job, "no_spp") == [("crop", None), ("10view", None)]
-    full = {size for mode, size in evaluation_plan(job, "spp_multi") if mode == "full"}
-    assert full == {90, 160, job.preprocess.short_side}
+    assert evaluation_plan(job, "spp_multi") == [("crop", None), ("10view", None), ("full", short)]
+    assert sizes_plan(job, "spp_multi") == [("full", 90), ("full", 160)] and sizes_plan(job, "no_spp") == []
+    assert spread_subset(10, 4).tolist() == [0, 3, 6, 9] and spread_subset(10, 0).tolist() == list(range(10))
+
+
+def test_a_dataset_too_small_for_its_test_and_validation_splits_is_refused() -> None:
+    with pytest.raises(ValueError, match="raise --images or lower --test-images"):
+        ReproduceConfig(images=6000, test_images=5000, val_images=1000)
 
 
 def test_the_export_stage_lists_every_file_with_its_agreement(quick_job) -> None:

@@ -1,4 +1,4 @@
-"""Paired effects with bootstrap intervals, and the convergence rule, against hand-computed cases."""
+"""Paired effects with bootstrap intervals, and the plateau rule, against hand-computed cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from sppnet.reproduce.stats import ConvergenceRule, Interval, paired_bootstrap
+from sppnet.reproduce.stats import Interval, PlateauRule, paired_bootstrap, seed_interval
 
 
 def exact_bootstrap_quantiles(diff: np.ndarray, level: float) -> tuple[float, float]:
@@ -73,26 +73,42 @@ def test_mismatched_or_empty_inputs_are_refused() -> None:
         paired_bootstrap(np.zeros((1, 3)), np.zeros((1, 3)), draws=0)
 
 
-@pytest.mark.parametrize(
-    ("errors", "converged"),
-    [
-        # 8 epochs, window 2: best before 0.60, best in the window 0.598 -> 0.2 pp < 0.5 pp: converged
-        ([0.9, 0.8, 0.7, 0.65, 0.62, 0.60, 0.601, 0.598], True),
-        # best in the window 0.58 -> 2 pp gain: still learning
-        ([0.9, 0.8, 0.7, 0.65, 0.62, 0.60, 0.59, 0.58], False),
-        # worse in the window than before: converged (no gain)
-        ([0.9, 0.8, 0.7, 0.65, 0.62, 0.60, 0.61, 0.62], True),
-        # too few epochs to judge, however flat
-        ([0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9], False),
-        # 12 epochs, window 3: best before 0.50, best in the window 0.496 -> 0.4 pp: converged
-        ([0.9, 0.8, 0.7, 0.65, 0.6, 0.55, 0.52, 0.51, 0.50, 0.499, 0.497, 0.496], True),
-    ],
-)
-def test_the_convergence_rule_on_hand_made_curves(errors: list[float], converged: bool) -> None:
-    assert ConvergenceRule(min_gain_pp=0.5, window=0.25, min_epochs=8).converged(errors) is converged
+# Hand-worked curves (fractions) under PlateauRule(patience=2, delta_pp=0.5, drops=2) and milestones (6, 8).
+PLATEAUS = [
+    # still learning through 5 epochs: no plateau, no milestone reached -> no drop
+    ([0.9, 0.8, 0.7, 0.65, 0.62], (), None),
+    # epochs 3-4 gain 0.2 pp over the best before them (0.600 -> 0.598): plateau after epoch 4, drop 1; phase 2 =
+    # epochs 5-6: 0.590 then 0.589, 0.1 pp over its last epoch: plateau after epoch 6 (patience 1), drop 2;
+    # phase 3 = epochs 7-8: 0.587 then 0.586: plateau again after 2 drops -> converged after 8 epochs
+    ([0.70, 0.600, 0.599, 0.598, 0.590, 0.589, 0.587, 0.586],
+     ("after epoch 4: plateau", "after epoch 6: plateau"), 8),
+    # steady gains of 2 pp: the milestones drop the lr after epochs 6 and 8, and the run never converges
+    ([0.9, 0.88, 0.86, 0.84, 0.82, 0.80, 0.78, 0.76, 0.74, 0.72],
+     ("after epoch 6: milestone", "after epoch 8: milestone"), None),
+]
 
 
-def test_a_bad_convergence_rule_is_refused() -> None:
-    with pytest.raises(ValueError, match="convergence rule"):
-        ConvergenceRule(window=0.0)
-    assert "0.5 pp" in ConvergenceRule().describe()
+@pytest.mark.parametrize(("errors", "why", "converged_after"), PLATEAUS)
+def test_the_plateau_rule_on_hand_made_curves(errors: list[float], why: tuple[str, ...], converged_after) -> None:
+    state = PlateauRule(patience=2, delta_pp=0.5, drops=2).state(errors, milestones=(6, 8))
+    assert state.why == why and state.drops == len(why) and state.converged_after == converged_after
+
+
+def test_a_run_that_converges_stops_there_whatever_comes_after() -> None:
+    rule = PlateauRule(patience=1, delta_pp=0.5, drops=0)  # no drops: the first plateau is convergence
+    assert rule.state([0.5, 0.499]).converged_after == 2
+    assert rule.state([0.5, 0.499, 0.1]).converged_after == 2
+
+
+def test_a_bad_plateau_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="plateau rule"):
+        PlateauRule(patience=0)
+    assert "0.5 pp" in PlateauRule().describe()
+
+
+def test_the_seed_interval_is_students_t_over_the_per_seed_deltas() -> None:
+    # Deltas 1, 2, 3 pp: mean 2, sample std 1, n 3; t(0.975, 2 dof) = 4.302653 (any t table).
+    low, high = seed_interval([1.0, 2.0, 3.0])
+    half = 4.302653 / 3**0.5
+    assert (low, high) == pytest.approx((2 - half, 2 + half), abs=1e-5)
+    assert seed_interval([1.0]) is None

@@ -22,7 +22,7 @@ from sppnet.core.networks import get_network
 from sppnet.core.preprocess import resize_to
 from sppnet.core.runs import load_model
 from sppnet.reproduce.builtin_data import make_classification_dataset
-from sppnet.reproduce.stats import ConvergenceRule
+from sppnet.reproduce.stats import PlateauRule
 from sppnet.reproduce.train import Context, TrainConfig, _batches, load_data, train
 
 SIZES = (64, 48)
@@ -249,14 +249,22 @@ def test_worker_processes_make_the_same_batches_as_the_prefetch_thread(data_dir:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_run_stops_once_the_rule_says_it_has_converged_and_says_so(data_dir: Path, tmp_path: Path) -> None:
-    rule = ConvergenceRule(min_gain_pp=100.0, window=0.5, min_epochs=2)  # any two epochs "converge"
+def test_the_plateau_rule_drops_the_lr_on_the_validation_split_and_stops_once_converged(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    data = load_data(data_dir, config(), log=quiet).hold_out(16)
+    assert len(data.val_images) == 16 and len(data.train_images) + 16 == len(load_data(data_dir, config()).train_images)
+    # Every epoch "plateaus": a phase needs patience + 1 = 2 epochs, so one drop after 2, converged after 4.
+    rule = PlateauRule(patience=1, delta_pp=100.0, drops=1)
     logged: list[str] = []
-    history = train(config(epochs=6, stop=rule), data_dir, tmp_path / "run", device="cpu", log=logged.append)
-    assert len(history) == 2
+    cfg = config(epochs=6, plateau=rule)
+    history = train(cfg, data_dir, tmp_path / "run", data=data, device="cpu", log=logged.append)
+    assert [row["lr"] for row in history] == [0.01, 0.01, 0.001, 0.001]
+    assert all("val_top1_err" in row and "test_top1_err" not in row for row in history)  # never the test split
     stopped = read_run_info(tmp_path / "run").train["stopped"]
-    assert stopped == {"reason": "converged", "epochs_run": 2, "budget": 6, "rule": rule.describe()}
-    assert any(line.startswith("converged after 2 epochs") for line in logged)
+    assert (stopped["reason"], stopped["epochs_run"], stopped["budget"]) == ("converged", 4, 6)
+    assert stopped["lr_drops"] == ["after epoch 2: plateau"] and stopped["rule"] == rule.describe()
+    assert any(line.startswith("converged after 4 epochs") for line in logged)
     budget = train(config(epochs=2), data_dir, tmp_path / "budget", device="cpu", log=quiet)
     assert len(budget) == 2 and read_run_info(tmp_path / "budget").train["stopped"]["reason"] == "budget"
 
