@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from sppnet.core.errors import InvalidInput
@@ -35,6 +36,35 @@ RUN_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
+class Served:
+    """What a set of models serves, as routing needs it: the fixed sizes, the dynamic model's profiles, the pyramid.
+
+    Built from a `ModelSet` by the runtime and from a Triton repository's routing table by its clients, so both
+    route the same way.
+    """
+
+    fixed: dict[tuple[int, int], str]
+    dynamic: str | None
+    profiles: tuple[Profile, ...]
+    levels: tuple[int, ...]
+    rule: str
+    sizes: SizeRange
+
+    @classmethod
+    def of(cls, models: ModelSet) -> Served:
+        """What `models` serve (`ModelSet.served` keeps it)."""
+        dynamic = models.dynamic
+        return cls(
+            {scale: f.file for scale, f in models.fixed.items()},
+            dynamic.file if dynamic else None,
+            dynamic.profiles if dynamic else (),
+            models.card.levels,
+            models.card.rule,
+            models.sizes,
+        )
+
+
+@dataclass(frozen=True)
 class ModelSet:
     """The models of one directory in one precision, with the card and size range every route needs."""
 
@@ -49,14 +79,19 @@ class ModelSet:
     def card(self) -> ModelCard:
         return self.manifest.card
 
-    @property
+    @cached_property
     def fixed(self) -> dict[tuple[int, int], ModelFile]:
         """Fixed-size models by (height, width)."""
         return {f.scale: f for f in self.files if f.kind == "fixed" and f.scale is not None}
 
-    @property
+    @cached_property
     def dynamic(self) -> ModelFile | None:
         return next((f for f in self.files if f.kind == "dynamic"), None)
+
+    @cached_property
+    def served(self) -> Served:
+        """What routing needs, computed once: every image is routed against it."""
+        return Served.of(self)
 
     def path(self, model: ModelFile) -> Path:
         """Where a model's file lies."""

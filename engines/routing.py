@@ -16,15 +16,14 @@ import numpy as np
 
 from sppnet.core.bins import check_pyramid
 from sppnet.core.errors import InvalidInput, RouteError
-from sppnet.core.manifest import SizeRange
 from sppnet.core.preprocess import (
     Preprocess,
     resize_to,
     short_side_size,
     subtract_mean,
 )
-from sppnet.core.profiles import Profile, profile_for
-from sppnet.engines.model_set import ModelSet
+from sppnet.core.profiles import profile_for
+from sppnet.engines.model_set import ModelSet, Served
 
 POLICIES = ("full", "center-crop", "nearest", "none")
 OUTSIDE = ("resize", "error")
@@ -144,7 +143,7 @@ def fitted_size(height: int, width: int, low: int, high_h: int, high_w: int) -> 
 def _fit_plan(height: int, width: int, models: ModelSet) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """(scaled, served) sizes that bring a height x width input into what `models` serve, or None if they take it:
     the dynamic model's range, or the nearest fixed scale (cover, then centre crop) when there is none."""
-    if _route_or_none(height, width, Served.of(models)) is not None:
+    if _route_or_none(height, width, models.served) is not None:
         return None
     dynamic = models.dynamic
     if dynamic is None:
@@ -153,34 +152,6 @@ def _fit_plan(height: int, width: int, models: ModelSet) -> tuple[tuple[int, int
     low = min(p.min[2] for p in dynamic.profiles)
     high_h, high_w = max(p.max[2] for p in dynamic.profiles), max(p.max[3] for p in dynamic.profiles)
     return fitted_size(height, width, low, high_h, high_w)
-
-
-@dataclass(frozen=True)
-class Served:
-    """What a set of models serves, as routing needs it: the fixed sizes, the dynamic model's profiles, the pyramid.
-
-    Built from a `ModelSet` by the runtime and from a Triton repository's routing table by its clients, so both
-    route the same way.
-    """
-
-    fixed: dict[tuple[int, int], str]
-    dynamic: str | None
-    profiles: tuple[Profile, ...]
-    levels: tuple[int, ...]
-    rule: str
-    sizes: SizeRange
-
-    @classmethod
-    def of(cls, models: ModelSet) -> Served:
-        dynamic = models.dynamic
-        return cls(
-            {scale: f.file for scale, f in models.fixed.items()},
-            dynamic.file if dynamic else None,
-            dynamic.profiles if dynamic else (),
-            models.card.levels,
-            models.card.rule,
-            models.sizes,
-        )
 
 
 @dataclass(frozen=True)
@@ -240,7 +211,7 @@ def plan_view(
     `center-crop` and `nearest`. With `check`, a size no model takes raises RouteError here; without, the plan's
     route is left to `route` (the CPU path routes after it prepares).
     """
-    served = served or Served.of(models)
+    served = served or models.served
 
     def fit(h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
         return None if policy.outside == "error" else _fit_plan(h, w, models)
@@ -273,7 +244,6 @@ def plan_view(
     return Plan((height, width), first, second, chosen, fitted)
 
 
-
 def _route_or_none(height: int, width: int, served: Served) -> Route | None:
     fixed = served.fixed.get((height, width))
     if fixed is not None:
@@ -301,7 +271,7 @@ def route_size(height: int, width: int, served: Served, fitted_from: tuple[int, 
 def route(view: View, models: ModelSet) -> Route:
     """The model and profile for a prepared view of `models`."""
     height, width = view.pixels.shape[:2]
-    return route_size(height, width, Served.of(models), view.fitted_from)
+    return route_size(height, width, models.served, view.fitted_from)
 
 
 def _check_binnable(height: int, width: int, served: Served) -> None:

@@ -49,8 +49,6 @@ def check_cuda(result: Any, call: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
-
-
 class CudaPython:
     """CUDA through cuda-python's runtime bindings: every call checked by name."""
 
@@ -259,5 +257,3 @@ def load_cuda(name: str | None, device: int) -> CudaPython | CudaTorch:
         raise BackendError(
             "the TensorRT backend needs cuda-python or torch for CUDA memory and streams: pip install cuda-python"
         ) from e
-
-
