@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,11 +159,20 @@ def _example_and_dims(job: Job, device: str) -> tuple[torch.Tensor, dict[int, An
     return example, dims
 
 
+@contextlib.contextmanager
+def _without_torch_deprecations() -> Iterator[None]:
+    """torch 2.13 warns about its own pytree internals (`LeafSpec`) while exporting and packaging: not ours to fix,
+    and three lines of it per package bury the build's own output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated", category=FutureWarning)
+        yield
+
+
 def export_program(form: TorchForm, job: Job, device: str) -> Any:
     """The `ExportedProgram` of one package: symbolic batch, and symbolic H and W for the dynamic model."""
     example, dims = _example_and_dims(job, device)
     try:
-        with torch.no_grad(), _size_oblivious():
+        with torch.no_grad(), _size_oblivious(), _without_torch_deprecations():
             return torch.export.export(form, (example,), dynamic_shapes=(dims,), strict=False)
     except Exception as e:  # torch.export raises several internal types; all mean this graph cannot be exported
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -181,7 +191,8 @@ def compile_package(program: Any, path: Path, *, vectorize: bool = True) -> floa
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
     start = time.perf_counter()
     try:
-        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=configs)
+        with _without_torch_deprecations():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=configs)
         os.replace(tmp, path)
     except Exception as e:
         with contextlib.suppress(OSError):
