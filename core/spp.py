@@ -7,6 +7,7 @@ elsewhere rows and then columns are gathered into padded bins and reduced with o
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -16,6 +17,12 @@ from torch import Tensor, nn
 
 from sppnet.core.bins import DEFAULT_LEVELS, check_levels, check_rule, spp_bins, spp_output_dim, uniform_pooling
 from sppnet.core.errors import InvalidInput
+
+# torch.compile traces through the caches of the bin functions (pure functions of ints, so that is exact) and warns
+# once per function that it did; the warning names these two files only.
+warnings.filterwarnings(
+    "ignore", message=r"Dynamo detected a call to a `functools.lru_cache`-wrapped function at '(spp|bins)\.py"
+)
 
 _CACHE_ELEMENTS = 1 << 21  # gathered lookups per chunk of the inference path of `pool_windows`
 
