@@ -249,3 +249,34 @@ def test_importing_the_full_zf5_holds_about_the_caffemodel_once(paper_exports, p
     parity.report("import_peak_memory", command=" ".join(command[1:]), **result)
     assert result["caffemodel_mb"] > 250
     assert result["peak_over_baseline_mb"] <= 1.5 * result["caffemodel_mb"]  # the brief allows 2x
+
+
+def test_the_readmes_release_story_runs_from_the_command_line(caffe_nets, tmp_path, capsys):
+    """caffe import -> export --scales 224 -> infer (ONNX Runtime) -> build, as the README tells it, on the release
+    layout; the served answer is PyTorch's on the imported weights (which equal Caffe's: the parity tests above)."""
+    from PIL import Image
+
+    from sppnet.cli import main
+    from sppnet.core.manifest import read_engine_manifest
+
+    net = caffe_nets["release"]
+    run, onnx, engines, photo = tmp_path / "run", tmp_path / "onnx", tmp_path / "engines", tmp_path / "photo.png"
+    rgb = np.random.default_rng(7).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(photo)
+    assert main(["caffe", "import", str(net.prototxt), str(net.caffemodel), "--out", str(run)]) == 0
+    assert main(["export", "--checkpoint", str(run), "--scales", "224", "--out", str(onnx)]) == 0
+    capsys.readouterr()
+    assert main(["infer", str(photo), "--engines", str(onnx), "--policy", "none", "--topk", "1", "--json"]) == 0
+    served = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert served["route"]["model"].endswith("_224x224_fp32.onnx")
+
+    bgr = rgb[:, :, ::-1].astype(np.float32) - 128.0  # the release's preprocessing: BGR, scalar mean 128, scale 1
+    probs = torch.softmax(torch.from_numpy(logits(load_model(run), bgr.transpose(2, 0, 1)[None].copy())), 1)[0]
+    classes = read_run_info(run).card.classes
+    assert served["topk"][0]["class"] == classes[int(probs.argmax())]
+    assert served["topk"][0]["p"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+    pytest.importorskip("tensorrt_rtx")
+    assert main(["build", "--onnx", str(onnx), "--out", str(engines), "--precision", "fp32"]) == 0
+    built = read_engine_manifest(engines)
+    assert {e.kind for e in built.files} == {"fixed", "dynamic"}
