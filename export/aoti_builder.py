@@ -11,12 +11,10 @@ the measured errors next, the `EngineManifest` (builder torch_aoti and this torc
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import platform
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 
 from sppnet.core.atomic import sha256_file, write_atomic
-from sppnet.core.errors import BuildError, InvalidInput, SppnetError
+from sppnet.core.errors import BuildError, InvalidInput
 from sppnet.core.layers import CaffePool2d
 from sppnet.core.manifest import (
     MANIFEST,
@@ -357,42 +355,3 @@ def build_aoti_engines(
         target=target,
     )
     return write_manifest(out, engine_manifest)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sppnet.export.aoti_builder", description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx", required=True, type=Path, metavar="DIR", help="an `sppnet export` directory")
-    parser.add_argument("--out", required=True, type=Path, metavar="ENGINE_DIR")
-    parser.add_argument("--precision", action="append", choices=PRECISIONS, default=None, help="(the export's)")
-    parser.add_argument("--kind", action="append", choices=KINDS, default=None, help="(both)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (the GPU if torch sees one)")
-    parser.add_argument("--checkpoint", type=Path, default=None, metavar="RUN", help="(the run the export names)")
-    parser.add_argument("--no-channels-last", action="store_true")
-    parser.add_argument("--scalar", action="store_true", help="CPU: scalar kernels (builds faster, runs slower)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Build from the command line (what `sppnet build --builder torch_aoti` runs)."""
-    args = build_parser().parse_args(argv)
-    try:
-        path = build_aoti_engines(
-            args.onnx,
-            args.out,
-            precisions=args.precision,
-            kinds=args.kind,
-            device=args.device,
-            checkpoint=args.checkpoint,
-            channels_last=not args.no_channels_last,
-            vectorize=not args.scalar,
-            progress=print,
-        )
-    except SppnetError as e:
-        print(f"sppnet: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
