@@ -17,13 +17,15 @@ def parse_size(text: str) -> tuple[int, int]:
     return (sizes[0], sizes[-1])
 
 
-def _int_list(text: str, what: str, example: str) -> tuple[int, ...]:
+def _int_list(text: str, what: str, example: str, minimum: int = 1) -> tuple[int, ...]:
     try:
         values = tuple(int(p) for p in text.split(","))
     except ValueError:
         values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{what} {text!r} are not comma-separated integers >= 1 (e.g. {example})")
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(
+            f"{what} {text!r} are not comma-separated integers >= {minimum} (e.g. {example})"
+        )
     return values
 
 
@@ -35,6 +37,16 @@ def parse_levels(text: str) -> tuple[int, ...]:
 def parse_sizes(text: str) -> tuple[int, ...]:
     """'224,180' -> (224, 180)."""
     return _int_list(text, "sizes", "224,180")
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'0,1,2' -> (0, 1, 2)."""
+    return _int_list(text, "seeds", "0,1,2", minimum=0)
+
+
+def parse_epochs(text: str) -> tuple[int, ...]:
+    """'6,8' -> (6, 8): epochs, as lr milestones."""
+    return _int_list(text, "epochs", "6,8")
 
 
 def parse_scales(text: str) -> tuple[tuple[int, int], ...]:

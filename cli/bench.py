@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from sppnet.cli.args import parse_levels, parse_size_list, parse_sizes
@@ -160,7 +161,7 @@ def bench_train(args: argparse.Namespace) -> None:
 
     preprocess = get_network(args.model).default_preprocess(args.sizes)
     config = TrainConfig(model=args.model, sizes=args.sizes, batch_size=args.batch_size, preprocess=preprocess)
-    data = load_data(args.data, config)
+    data = load_data(args.data, config, lambda line: print(line, file=sys.stderr))  # stdout holds the table or JSON
     rows = bench_train(
         config, data, args.sizes, args.batches, devices=args.device, precisions=args.precision, workers=args.workers
     )

@@ -9,10 +9,8 @@ from pathlib import Path
 
 
 def detect_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `detect train` and `bench detect`."""
+    """Options shared by `detect train` and `bench detect`: the windows and the scales."""
     parser.add_argument("--max-proposals", type=int, default=2000, help="selective search windows per image (2000)")
-    parser.add_argument("--epochs", type=float, default=10.0, help="fc fine-tuning passes over the foreground (10)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="fc fine-tuning learning rate (the paper's 1e-4)")
     parser.add_argument(
         "--paper-scales",
         action="store_true",
@@ -25,11 +23,9 @@ def detect_config(args: argparse.Namespace, input_size: int) -> object:
     from sppnet.reproduce.detection.pipeline import DetectConfig
     from sppnet.reproduce.detection.proposals import ProposalSettings
 
-    changes = {
-        "finetune_epochs": args.epochs,
-        "finetune_lr": args.lr,
-        "proposals": ProposalSettings(max_proposals=args.max_proposals),
-    }
+    changes: dict[str, object] = {"proposals": ProposalSettings(max_proposals=args.max_proposals)}
+    if "epochs" in args:  # `detect train` only: `bench detect` does not fine-tune
+        changes |= {"finetune_epochs": args.epochs, "finetune_lr": args.lr}
     if args.paper_scales:
         return replace(DetectConfig(), **changes)
     return DetectConfig.for_input_size(input_size, **changes)
@@ -44,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     dtr.add_argument("--out", required=True, type=Path, metavar="OUT")
     dtr.add_argument("--mode", choices=["spp-1", "spp-5", "rcnn"], default="spp-1")
     detect_arguments(dtr)
+    dtr.add_argument("--epochs", type=float, default=10.0, help="fc fine-tuning passes over the foreground (10)")
+    dtr.add_argument("--lr", type=float, default=1e-4, help="fc fine-tuning learning rate (the paper's 1e-4)")
     dtr.set_defaults(run=train)
     dte = det_sub.add_parser("test", help="AP of a trained detector on a split (VOC07 11-point and all-point)")
     dte.add_argument("--detector", required=True, type=Path, metavar="OUT")

@@ -61,8 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("export", help="ONNX models per scale and a dynamic-size model, with a manifest")
     ex.add_argument("--checkpoint", type=Path, default=None, metavar="RUN", help="a run (RUN/model.json)")
     ex.add_argument("--network", default=None, metavar="NAME", help="with no --checkpoint: untrained weights")
-    ex.add_argument("--classes", type=int, default=1000, help="untrained: fc8 outputs (1000)")
-    ex.add_argument("--seed", type=int, default=0, help="untrained: init seed (0)")
+    ex.add_argument("--classes", type=int, default=None, help="untrained: fc8 outputs (1000)")
+    ex.add_argument("--seed", type=int, default=None, help="untrained: init seed (0)")
     export_arguments(ex)
     ex.add_argument("--out", required=True, type=Path, metavar="DIR")
     ex.set_defaults(run=export, interrupted=RERUN)
@@ -112,9 +112,13 @@ def export(args: argparse.Namespace) -> None:
     from sppnet.export.onnx_export import export_onnx, source_from_run, source_untrained
 
     if args.checkpoint is not None:
+        if args.classes is not None or args.seed is not None:
+            raise InvalidInput(
+                "--classes and --seed are for untrained weights (--network NAME): drop them with --checkpoint"
+            )
         source = source_from_run(args.checkpoint, args.network)
     elif args.network is not None:
-        source = source_untrained(args.network, num_classes=args.classes, seed=args.seed)
+        source = source_untrained(args.network, num_classes=args.classes or 1000, seed=args.seed or 0)
     else:
         raise InvalidInput("say what to export: --checkpoint RUN (a run) or --network NAME (untrained weights)")
     path = export_onnx(source, args.out, export_config(args), progress=print)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sppnet.cli.args import parse_levels, parse_sizes
+from sppnet.cli.args import parse_epochs, parse_levels, parse_seeds, parse_sizes
 from sppnet.core.bins import RULES
 from sppnet.core.devices import DEVICES, TRAIN_PRECISIONS
 from sppnet.core.networks import NETWORKS
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--epochs", type=int, default=70)
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--lr", type=float, default=0.01)
-    tr.add_argument("--milestones", type=parse_sizes, default=None, help="epochs at which lr /= 10")
+    tr.add_argument("--milestones", type=parse_epochs, default=None, help="epochs at which lr /= 10")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--dropout", type=float, default=0.5)
     tr.add_argument("--init-std", type=float, default=0.01, help="Gaussian weight init (Caffe: 0.01)")
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--quick", action="store_true", help="a smoke run (300 images, 2 epochs, 1 seed)")
     rep.add_argument("--out", default="artifacts/reproduce", type=Path, metavar="DIR", help="(artifacts/reproduce)")
     rep.add_argument("--source", choices=["fashion-mnist", "shapes"], default=None)
-    rep.add_argument("--seeds", type=parse_sizes, default=None, help="training seeds (0,1,2)")
+    rep.add_argument("--seeds", type=parse_seeds, default=None, help="training seeds (0,1,2)")
     rep.add_argument("--epochs", type=int, default=None, help="the budget of each run (10)")
     rep.add_argument("--images", type=int, default=None, help="built-in dataset size (14000)")
     rep.add_argument("--test-images", type=int, default=None, help="of which test images (5000)")

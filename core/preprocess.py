@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 import cv2
 import numpy as np
 
-from sppnet.core.errors import InvalidInput
+from sppnet.core.errors import ArtifactError, InvalidInput
 
 TrainCrop = Literal["five", "random"]
 TRAIN_CROPS: tuple[str, ...] = get_args(TrainCrop)
@@ -95,7 +95,13 @@ class Preprocess:
 def load_mean_image(path: str) -> np.ndarray:
     """Read a .npy BGR mean as (H, W, 3) float32, from (3, H, W) (Caffe's layout, preferred when ambiguous)
     or (H, W, 3). Cached: do not modify the result."""
-    mean = np.load(path, allow_pickle=False)
+    try:
+        mean = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:  # missing, unreadable, or not a plain .npy array
+        raise ArtifactError(
+            f"mean image {path} cannot be read ({type(e).__name__}: {e}); the preprocessing recorded with this model "
+            "points at it: put the file back there, or import the Caffe model again with --mean"
+        ) from e
     if mean.ndim == 3 and mean.shape[0] == 3:
         mean = mean.transpose(1, 2, 0)
     elif mean.ndim != 3 or mean.shape[2] != 3:

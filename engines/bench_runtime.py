@@ -20,7 +20,7 @@ import numpy as np
 from sppnet.core.errors import InvalidInput
 from sppnet.core.preprocess import subtract_mean, to_chw_batch
 from sppnet.engines.backends.base import Runner, TensorMeta
-from sppnet.engines.routing import Policy, Served, route_size
+from sppnet.engines.routing import Policy, route_size
 from sppnet.engines.runtime import Runtime, native_backend
 
 
@@ -86,18 +86,17 @@ def bench_runtime(
         models = rt.models
         lo = models.dynamic.profiles[0].min[2] if models.dynamic else min(h for h, _ in models.fixed)
         stream = mixed_stream(list(models.fixed), count, lo, min(max_size, models.sizes.max), seed)
-        served = Served.of(models)
+        served = models.served
         routes = [route_size(img.shape[0], img.shape[1], served) for img in stream]
         groups: dict[tuple[str, int, int, int], list[int]] = {}
         for i, r in enumerate(routes):
             groups.setdefault(r.key(), []).append(i)
-        by_name = {f.file: f for f in models.files}
 
         def direct() -> None:
             # The dispatcher's work minus the dispatcher: preprocess everything, then run the same batches.
             views = [subtract_mean(image.astype(np.float32), rt.pre) for image in stream]
             for (name, profile, _, _), indices in groups.items():
-                limit = by_name[name].profiles[profile].max_batch
+                limit = models.max_batch(name, profile)
                 for start in range(0, len(indices), limit):
                     batch = to_chw_batch([views[i] for i in indices[start : start + limit]])
                     rt.runners[name].infer({models.card.input_name: batch}, profile)

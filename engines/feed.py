@@ -32,7 +32,7 @@ import numpy as np
 from sppnet.core.errors import BadImage, OutOfMemory, SppnetError, one_line
 from sppnet.core.images import DEFAULT_MAX_PIXELS, load_bgr
 from sppnet.core.preprocess import Preprocess
-from sppnet.engines.routing import Plan, Policy, Route, Served, plan_view, whole
+from sppnet.engines.routing import Plan, Policy, Route, plan_view, whole
 
 if TYPE_CHECKING:
     import torch
@@ -276,7 +276,7 @@ class DeviceFeed:
         self.device = runner_device(next(iter(runners.values())))
         self.calls = {name: model_call(r, card.input_name, card.output_name) for name, r in runners.items()}
         self.pre = DevicePreprocess(runtime.pre, self.device)
-        self.served = Served.of(runtime.models)
+        self.served = runtime.models.served
         self.decoder = Decoder(workers or min(16, os.cpu_count() or 1), runtime.max_pixels)
         self.slots = [Slot() for _ in range(max(1, depth))]
         self.batch, self.pending = batch, pending
@@ -366,14 +366,14 @@ class DeviceFeed:
         self.stats["images"] += len(jobs)
         self.stats["two_stage"] += sum(job.plan.second is not None for job in jobs)
         total = sum(job.pixels.size for job in jobs)
-        self._reserve(slot, total, len(jobs))
-        offsets = np.cumsum([0] + [job.pixels.size for job in jobs[:-1]]).tolist()
-        self._pack(jobs, offsets, slot.host_pixels.numpy(), total)
-        rows = [stage_meta(offset, job.plan) for offset, job in zip(offsets, jobs, strict=True)]
-        meta = slot.host_meta[: len(jobs)]
-        meta.numpy()[:] = rows
         run, buffer = self.calls[route.model]
         try:
+            self._reserve(slot, total, len(jobs))
+            offsets = np.cumsum([0] + [job.pixels.size for job in jobs[:-1]]).tolist()
+            self._pack(jobs, offsets, slot.host_pixels.numpy(), total)
+            rows = [stage_meta(offset, job.plan) for offset, job in zip(offsets, jobs, strict=True)]
+            meta = slot.host_meta[: len(jobs)]
+            meta.numpy()[:] = rows
             if not self.cuda:
                 with _one_thread():  # memory-bound; more threads fight ONNX Runtime's spinning pool for the cores
                     x = self.pre.batch(slot.host_pixels[:total], meta, [j.plan for j in jobs])
@@ -396,6 +396,9 @@ class DeviceFeed:
             if self.cuda:  # its pinned buffers may still be in a copy: wait before they are refilled
                 self.copy_stream.synchronize()  # type: ignore[union-attr]
                 self.compute_stream.synchronize()  # type: ignore[union-attr]
+        except BaseException:
+            slot.jobs = []  # a bug: raised to the caller, and no later run may harvest this batch
+            raise
 
     def _pack(self, jobs: list[Job], offsets: list[int], pixels: np.ndarray, total: int) -> None:
         """Copy every job's pixels into the flat (pinned) buffer at its offset, in threads for large batches."""
@@ -433,13 +436,22 @@ class DeviceFeed:
             capacity = max(pixel_bytes, 2 * (slot.host_pixels.numel() if slot.host_pixels is not None else 0))
             rows = max(images, 2 * (slot.host_meta.shape[0] if slot.host_meta is not None else 0))
             pin = self.cuda
-            slot.host_pixels = torch.empty(capacity, dtype=torch.uint8, pin_memory=pin)
-            slot.host_meta = torch.empty((rows, META), dtype=torch.int64, pin_memory=pin)
-            if self.cuda:
-                slot.host_logits = torch.empty((rows, classes), dtype=torch.float32, pin_memory=True)
-                slot.device_pixels = torch.empty(capacity, dtype=torch.uint8, device=self.device)
-                slot.device_meta = torch.empty((rows, META), dtype=torch.int64, device=self.device)
-                slot.copied, slot.done = torch.cuda.Event(), torch.cuda.Event()
+            try:
+                slot.host_pixels = torch.empty(capacity, dtype=torch.uint8, pin_memory=pin)
+                slot.host_meta = torch.empty((rows, META), dtype=torch.int64, pin_memory=pin)
+                if self.cuda:
+                    slot.host_logits = torch.empty((rows, classes), dtype=torch.float32, pin_memory=True)
+                    slot.device_pixels = torch.empty(capacity, dtype=torch.uint8, device=self.device)
+                    slot.device_meta = torch.empty((rows, META), dtype=torch.int64, device=self.device)
+                    slot.copied, slot.done = torch.cuda.Event(), torch.cuda.Event()
+            except RuntimeError as e:  # pinned or device memory for the batch's pixels
+                if not isinstance(e, torch.OutOfMemoryError) and "memory" not in str(e).lower():
+                    raise
+                slot.host_pixels = slot.host_meta = None
+                raise OutOfMemory(
+                    f"no memory for a batch of {images} images ({pixel_bytes / 2**20:.0f} MiB of decoded pixels): "
+                    "pass a smaller --batch or smaller images"
+                ) from e
 
     def _harvest(self, slot: Slot, results: list[Result | None]) -> None:
         """Wait for a buffer set's batch (if any) and write its images' results."""

@@ -526,7 +526,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.engines is None:
         args.sizes = args.sizes or 12
         args.device = args.device or "cuda"
-        return full_check(args)
+        try:
+            return full_check(args)
+        except SppnetError as e:  # no GPU, a failed export: one line, as every other failure here
+            print(f"gpu_check: {one_line(e)}", file=sys.stderr)
+            return 1
     if args.onnx is None:
         build_parser().error("--engines needs --onnx, the export the engines were built from")
     args.sizes = args.sizes or 24

@@ -97,9 +97,13 @@ class ModelSet:
         """Where a model's file lies."""
         return self.directory / model.file
 
-    def by_name(self, name: str) -> ModelFile:
-        """The model whose file is `name` (a route's model)."""
-        return next(f for f in self.files if f.file == name)
+    def max_batch(self, route_model: str, profile: int) -> int:
+        """The largest batch a route's model takes in its profile."""
+        return self._by_file[route_model].profiles[profile].max_batch
+
+    @cached_property
+    def _by_file(self) -> dict[str, ModelFile]:
+        return {f.file: f for f in self.files}
 
 
 def load_model_set(directory: str | os.PathLike[str], precision: str = "fp32") -> ModelSet:

@@ -207,8 +207,9 @@ def plan_view(
     """How an image of height x width becomes network input, from its size alone, and its route.
 
     The policy's size first; a size no model takes is fitted from the decoded image in one resize under `full`
-    and `none` (so a 1x2000 image never becomes a huge intermediate), and after the crop (and the mean) under
-    `center-crop` and `nearest`. With `check`, a size no model takes raises RouteError here; without, the plan's
+    and `none` (never through the policy's own size: a 1x2000 image is not first scaled to 112x224000), then its
+    long side centre-cropped where the aspect is beyond the range; under `center-crop` and `nearest` the fit comes
+    after the crop (and the mean). With `check`, a size no model takes raises RouteError here; without, the plan's
     route is left to `route` (the CPU path routes after it prepares).
     """
     served = served or models.served

@@ -161,10 +161,9 @@ class Runtime:
         self.max_pixels = max_pixels
         options = dict(runner_options or {}) | ({"device": device} if device is not None else {})
         self.runners = make_runners(self.models, backend, **options)
-        by_name = {f.file: f for f in self.models.files}
         self.executor = Executor(
             self.runners,
-            lambda r: by_name[r.model].profiles[r.profile].max_batch,
+            lambda r: self.models.max_batch(r.model, r.profile),
             self.models.card.input_name,
             self.models.card.output_name,
         )

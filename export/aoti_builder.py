@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sppnet.core.atomic import sha256_file, write_atomic
-from sppnet.core.errors import BuildError, InvalidInput
+from sppnet.core.errors import BuildError, InvalidInput, one_line
 from sppnet.core.layers import CaffePool2d
 from sppnet.core.manifest import (
     MANIFEST,
@@ -173,7 +173,7 @@ def export_program(form: TorchForm, job: Job, device: str) -> Any:
         with torch.no_grad(), _size_oblivious(), _without_torch_deprecations():
             return torch.export.export(form, (example,), dynamic_shapes=(dims,), strict=False)
     except Exception as e:  # torch.export raises several internal types; all mean this graph cannot be exported
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = one_line(e)
         raise BuildError(
             f"{job.file}: torch.export failed ({type(e).__name__}: {first}): report it with this torch"
         ) from e
@@ -195,7 +195,7 @@ def compile_package(program: Any, path: Path, *, vectorize: bool = True) -> floa
     except Exception as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = one_line(e)
         raise BuildError(f"{path.name}: AOTInductor could not compile it ({type(e).__name__}: {first})") from e
     return time.perf_counter() - start
 

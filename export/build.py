@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sppnet.core.atomic import sha256_file, write_atomic
-from sppnet.core.errors import BuildError, InvalidInput
+from sppnet.core.errors import BuildError, InvalidInput, one_line
 from sppnet.core.manifest import (
     FIX,
     MANIFEST,
@@ -123,7 +123,7 @@ def check_onnx_file(path: Path, entry: ModelFile, manifest: ExportManifest) -> N
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as e:  # protobuf DecodeError, onnx ValidationError, OSError: all mean a bad file
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = one_line(e)
         raise ManifestError(f"{path} is not a valid ONNX model ({type(e).__name__}: {reason}): {fix}") from e
     graph = model.graph
     weights = {init.name for init in graph.initializer}

@@ -42,10 +42,6 @@ class JobResult:
     report: dict[str, Path]
     seconds: float
 
-    def classification(self, job: ReproduceConfig) -> dict[str, Any]:
-        """The classification results as `sppnet.reproduce.report` reads them."""
-        return classification_results(job, self.data, self.runs, self.seconds)
-
 
 def classification_results(
     job: ReproduceConfig, data: DataResult, runs: tuple[EvaluatedRun, ...], seconds: float

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from sppnet.core.devices import check_precision, resolve_device
+from sppnet.core.errors import InvalidInput
 from sppnet.reproduce.solver import build_solver
 from sppnet.reproduce.train import (
     Context,
@@ -64,6 +65,11 @@ def bench_train(
     workers: int | None = None,
 ) -> list[TrainBenchRow]:
     """Time `batches` batches of data making, training steps and both pipelined, per device, precision and size."""
+    if len(data.train_images) < config.batch_size:
+        raise InvalidInput(
+            f"{len(data.train_images)} training images are fewer than one batch of {config.batch_size}: "
+            "pass a smaller --batch-size or a larger dataset"
+        )
     rows = []
     for name in devices:
         device = resolve_device(name)

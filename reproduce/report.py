@@ -20,7 +20,7 @@ import numpy as np
 
 from sppnet.core.atomic import write_atomic
 from sppnet.core.errors import InvalidInput
-from sppnet.reproduce.stats import Interval, paired_bootstrap, seed_interval
+from sppnet.reproduce.stats import Interval, monitored, paired_bootstrap, seed_interval
 
 FORMAT = 2
 VARIANTS = ("no_spp", "spp_single", "spp_multi")
@@ -335,8 +335,11 @@ def _sentence(
         spread = (
             f" Over seeds alone (t interval of the {n} per-seed deltas, std {delta['std']:.2f} pp): "
             f"[{_num(low, signed=True)}, {_num(high, signed=True)}]"
-            + ("." if agrees else ", which disagrees: with this few seeds the bootstrap is optimistic, so hold the "
-               "verdict loosely.")
+            + (
+                "."
+                if agrees
+                else ", which disagrees: with this few seeds the bootstrap is optimistic, so hold the verdict loosely."
+            )
         )
     return f"{head} Verdict: {verdict}; {why}{spread}"
 
@@ -352,14 +355,21 @@ def _test_sizes(runs: Sequence[dict[str, Any]], full_size: int) -> list[dict[str
                 "full_image": size == full_size,
                 "top1": _stat(100.0 * e["top1_err"] for e in entries),
                 "top5": _stat(100.0 * e["top5_err"] for e in entries if e.get("top5_err") is not None),
+                "images": max((e["n"] for e in entries if "n" in e), default=None),
             }
         )
     return rows
 
 
+def _images(size: int, by_size: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """How many test images a size's row was measured on (the Table 3 size on all, others on a subset)."""
+    counts = {row[size].get("images") for row in by_size.values() if size in row} - {None}
+    return "/".join(str(c) for c in sorted(counts)) or "n/a"
+
+
 def _convergence(run: dict[str, Any]) -> dict[str, Any]:
     """How one run ended: why it stopped, after how many epochs, its last monitored error and last quarter's gain."""
-    errors = [100.0 * e for e in _monitored(run["history"])]
+    errors = [100.0 * e for e in monitored(run["history"])]
     span = max(1, -(-len(errors) // 4))
     gain = min(errors[:-span]) - min(errors) if len(errors) > span else None
     stopped = run.get("stopped") or {"reason": "budget", "epochs_run": len(run["history"])}
@@ -378,11 +388,6 @@ def _has_error(row: dict[str, Any]) -> bool:
     return row.get("val_top1_err", row.get("test_top1_err")) is not None
 
 
-def _monitored(history: Sequence[dict[str, Any]]) -> list[float]:
-    """The per-epoch error a run watched: validation top-1 where it had a validation split, else test top-1."""
-    return [h["val_top1_err"] if "val_top1_err" in h else h["test_top1_err"] for h in history]
-
-
 def _monitored_name(runs: Sequence[dict[str, Any]]) -> str:
     return "validation" if any("val_top1_err" in h for r in runs for h in r["history"]) else "test"
 
@@ -399,7 +404,7 @@ def _curves(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "epoch": epoch,
                 "sizes": sorted({h["size"] for h in records if h.get("size") is not None}),
                 "train_loss": _stat(h["train_loss"] for h in records if h.get("train_loss") is not None),
-                "test_top1": _stat(100.0 * e for e in _monitored([h for h in records if _has_error(h)])),
+                "monitored_top1": _stat(100.0 * e for e in monitored([h for h in records if _has_error(h)])),
             }
         )
     return rows
@@ -546,11 +551,12 @@ def render_markdown(summary: dict[str, Any]) -> str:
     sizes = sorted({row["size"] for v in SPP_VARIANTS for row in summary["test_sizes"][v]})
     by_size = {v: {row["size"]: row for row in summary["test_sizes"][v]} for v in SPP_VARIANTS}
     lines += _table(
-        ["test size", *(LABELS[v] for v in SPP_VARIANTS), "note"],
+        ["test size", *(LABELS[v] for v in SPP_VARIANTS), "test images", "note"],
         (
             [
                 str(size),
                 *(_pm(by_size[v][size]["top1"]) if size in by_size[v] else "n/a" for v in SPP_VARIANTS),
+                _images(size, by_size),
                 _size_note(size, summary),
             ]
             for size in sizes
@@ -666,7 +672,7 @@ def plot_training_curves(summary: dict[str, Any]) -> bytes:
 
     fig, axes = _figure(2)
     labels = ("train loss", f"{summary.get('monitored', 'test')} top-1 error (%)")
-    for ax, key, ylabel in zip(axes, ("train_loss", "test_top1"), labels, strict=True):
+    for ax, key, ylabel in zip(axes, ("train_loss", "monitored_top1"), labels, strict=True):
         for v in VARIANTS:
             rows = [row for row in summary["curves"][v] if row[key] is not None]
             x = [row["epoch"] for row in rows]

@@ -153,3 +153,8 @@ class PlateauState:
     drops: int
     why: tuple[str, ...]
     converged_after: int | None
+
+
+def monitored(history: Sequence[dict[str, Any]]) -> list[float]:
+    """The per-epoch error a run's schedule watched: validation top-1 where it had a validation split, else test."""
+    return [row["val_top1_err"] if "val_top1_err" in row else row["test_top1_err"] for row in history]

@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +35,7 @@ from sppnet.reproduce.checkpoint import load_checkpoint, read_checkpoint_meta, s
 from sppnet.reproduce.datasets import builtin_split, load_images
 from sppnet.reproduce.evaluate import evaluate
 from sppnet.reproduce.solver import SolverConfig, build_solver, set_epoch_lr
-from sppnet.reproduce.stats import PlateauRule
+from sppnet.reproduce.stats import PlateauRule, monitored
 
 SizeSchedule = Literal["alternate", "random"]
 CHECKPOINT_DIR = "checkpoint"
@@ -448,11 +448,6 @@ def train(
     return history
 
 
-def monitored(history: list[dict[str, Any]]) -> list[float]:
-    """The per-epoch error the schedule watches: validation top-1 where the run had a validation split, else test."""
-    return [row["val_top1_err"] if "val_top1_err" in row else row["test_top1_err"] for row in history]
-
-
 def _converged(config: TrainConfig, history: list[dict[str, Any]]) -> bool:
     if config.plateau is None:
         return False
@@ -504,8 +499,3 @@ def model_device(model: nn.Module) -> torch.device:
 def default_workers(device: torch.device) -> int:
     """Batch-making processes: none on the CPU (a prefetch thread instead), up to 8 on a GPU."""
     return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def with_sizes(config: TrainConfig, sizes: Sequence[int]) -> TrainConfig:
-    """The same config at other training sizes, with the preprocessing scaled to match."""
-    return replace(config, sizes=tuple(sizes), preprocess=get_network(config.model).default_preprocess(sizes))

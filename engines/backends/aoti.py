@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from sppnet.core.errors import BackendError, DeviceUnavailable, InvalidInput, OutOfMemory
+from sppnet.core.errors import BackendError, DeviceUnavailable, InvalidInput, OutOfMemory, one_line
 from sppnet.core.manifest import ENGINE_FORMAT, FIX, EngineManifest, ModelFile, verify_file
 from sppnet.engines.backends.base import Runner, TensorMeta
 
@@ -158,7 +158,7 @@ class AOTIRunner(Runner):
                     str(self.path), run_single_threaded=self.graphs_enabled, device_index=-1 if index is None else index
                 )
         except Exception as e:  # the loader raises RuntimeError for a damaged or foreign package
-            raise BackendError(f"torch cannot load {self.path} ({_first_line(e)}): {REBUILD}") from e
+            raise BackendError(f"torch cannot load {self.path} ({one_line(e)}): {REBUILD}") from e
         found = self._model.get_metadata().get("AOTI_DEVICE_KEY", "")
         if found and device_kind(found) != device_kind(self.device):
             raise BackendError(f"{self.path} holds code for {found}, its manifest says {self.device}: {REBUILD}")
@@ -172,9 +172,9 @@ class AOTIRunner(Runner):
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
         """InvalidInput unless (N, 3, H, W) fits this package: batch up to its max, its size (fixed) or range."""
-        batch, height, width = shape[0], shape[2], shape[3]
-        if len(shape) != 4 or shape[1] != 3 or not 1 <= batch <= self.max_batch:
+        if len(shape) != 4 or shape[1] != 3 or not 1 <= shape[0] <= self.max_batch:
             raise InvalidInput(f"{self.path.name} takes (1..{self.max_batch}, 3, H, W) inputs; got {tuple(shape)}")
+        height, width = shape[2], shape[3]
         if not any(p.covers(height, width) for p in self.entry.profiles):
             ranges = "; ".join(p.describe() for p in self.entry.profiles)
             raise InvalidInput(f"{self.path.name} takes {ranges}, not {height}x{width}: route the image first")
@@ -202,7 +202,7 @@ class AOTIRunner(Runner):
                 f"{self.path.name} ran out of GPU memory on a batch of {len(x)}: use smaller batches"
             ) from e
         except RuntimeError as e:
-            raise BackendError(f"{self.path.name} failed on input {tuple(x.shape)}: {_first_line(e)}") from e
+            raise BackendError(f"{self.path.name} failed on input {tuple(x.shape)}: {one_line(e)}") from e
 
     def _replay(self, x: Any) -> Any:
         batch = x.shape[0]
@@ -236,7 +236,7 @@ class AOTIRunner(Runner):
             self._graphs[x.shape[0]] = (graph, static_in, static_out)
         except RuntimeError as e:
             self.cuda_graphs = False
-            self.info["graphs"] = f"off: capture failed at batch {x.shape[0]} ({_first_line(e)})"
+            self.info["graphs"] = f"off: capture failed at batch {x.shape[0]} ({one_line(e)})"
 
     def _infer_impl(self, feed: dict[str, np.ndarray], profile: int) -> dict[str, np.ndarray]:
         import torch
@@ -284,8 +284,3 @@ def _quiet_scalar_load(manifest: EngineManifest) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sppnet.core.errors import BackendError, DeviceUnavailable, OutOfMemory
+from sppnet.core.errors import BackendError, DeviceUnavailable, OutOfMemory, one_line
 
 CUDA_APIS = ("cuda-python", "torch")
 NO_GPU_FIX = (
@@ -160,9 +160,9 @@ class CudaTorch:
         except BackendError:
             raise
         except self.torch.cuda.OutOfMemoryError as e:
-            raise OutOfMemory(f"CUDA {what} ran out of memory (torch: {_first_line(e)}): use smaller batches") from e
+            raise OutOfMemory(f"CUDA {what} ran out of memory (torch: {one_line(e)}): use smaller batches") from e
         except RuntimeError as e:
-            raise BackendError(f"CUDA {what} failed (torch: {_first_line(e)}): check the GPU and its driver") from e
+            raise BackendError(f"CUDA {what} failed (torch: {one_line(e)}): check the GPU and its driver") from e
 
     def capability(self) -> str:
         major, minor = self.call("get_device_capability", self.torch.cuda.get_device_capability, self.device)
@@ -232,11 +232,6 @@ class CudaTorch:
 def _run_in(context: Any, function: Callable[[], None]) -> None:
     with context:
         function()
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def load_cuda(name: str | None, device: int) -> CudaPython | CudaTorch:

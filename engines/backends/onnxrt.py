@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sppnet.core.errors import BackendError, DeviceUnavailable, InvalidInput, OutOfMemory
+from sppnet.core.errors import BackendError, DeviceUnavailable, InvalidInput, OutOfMemory, one_line
 from sppnet.engines.backends.base import Runner, TensorMeta
 
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -147,7 +147,7 @@ class SessionFromOnnx:
         try:
             session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = one_line(e)
             raise BackendError(f"ONNX Runtime cannot load {self.path} ({first}): re-export it") from e
         if self.device is not None and self.device != "cpu" and session.get_providers()[0] != "CUDAExecutionProvider":
             raise DeviceUnavailable(
@@ -232,7 +232,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             yield
         except Exception as e:
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            message = one_line(e)
             if "Failed to allocate memory" in message or "out of memory" in message.lower():
                 raise OutOfMemory(f"ONNX Runtime ran out of memory on {self.loader.path.name}: {message}") from e
             raise BackendError(f"ONNX Runtime failed on {self.loader.path.name}: {message}") from e

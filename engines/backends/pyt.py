@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sppnet.core.errors import BackendError, DeviceUnavailable, InvalidInput, OutOfMemory
+from sppnet.core.errors import BackendError, DeviceUnavailable, InvalidInput, OutOfMemory, one_line
 from sppnet.core.manifest import INPUT_NAME, OUTPUT_NAME
 from sppnet.engines.backends.base import Runner, TensorMeta
 
@@ -43,7 +43,6 @@ class TorchRunner(Runner):
         *,
         precision: str = "fp32",
         device: str | None = None,
-        use_compile: bool = False,
         input_name: str = INPUT_NAME,
         output_name: str = OUTPUT_NAME,
     ) -> None:
@@ -51,7 +50,7 @@ class TorchRunner(Runner):
         if precision not in PRECISIONS:
             raise InvalidInput(f"the torch backend runs {', '.join(PRECISIONS)}, not {precision!r}")
         self.loader = model if callable(model) else ModelFromRun(model)
-        self.precision, self.device, self.use_compile = precision, device, use_compile
+        self.precision, self.device = precision, device
         self.model: Any = None
         self.input_name, self.output_name = input_name, output_name
 
@@ -61,9 +60,8 @@ class TorchRunner(Runner):
         if self.device is not None and self.device.startswith("cuda") and not torch.cuda.is_available():
             raise DeviceUnavailable(f"--device {self.device}: torch {torch.__version__} sees no CUDA GPU; use cpu")
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = self.loader().eval().to(self.device, dtype=self._dtype())
-        self.model = torch.compile(model, dynamic=True) if self.use_compile else model
-        self.classes = model.config.num_classes
+        self.model = self.loader().eval().to(self.device, dtype=self._dtype())
+        self.classes = self.model.config.num_classes
 
     def _dtype(self) -> Any:
         import torch
@@ -82,7 +80,7 @@ class TorchRunner(Runner):
         except InvalidInput:
             raise
         except (RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = one_line(e)
             raise BackendError(f"PyTorch failed on input {tuple(x.shape)}: {first}") from e
         return {self.output_name: logits.float().cpu().numpy()}
 

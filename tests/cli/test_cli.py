@@ -47,6 +47,8 @@ def test_describe_json_has_every_layer_and_non_square_sizes(capsys: pytest.Captu
         (["describe", "zf5", "--rule", "floor"], "invalid choice: 'floor'"),
         (["describe", "zf5", "--size", "180", "--rule", "window"], "rule='window'"),
         (["describe", "zf5", "--levels", "6,x"], "not comma-separated"),
+        (["reproduce", "--seeds", "0,-1"], "seeds '0,-1' are not comma-separated integers >= 0"),
+        (["train", "--model", "zf5", "--data", "d", "--out", "r", "--milestones", "0"], "integers >= 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
@@ -130,3 +132,21 @@ def test_bench_train_compares_precisions_and_refuses_a_missing_gpu(capsys: pytes
     if not torch.cuda.is_available():
         code, _, err = run(capsys, *common, "--device", "cuda")
         assert code == 2 and "sees no CUDA GPU" in err and len(err.strip().splitlines()) == 1
+
+    code, _, err = run(capsys, *common, "--batch-size", "64")
+    assert code == 2 and "fewer than one batch of 64" in err and "Traceback" not in err
+
+
+def test_seed_zero_is_a_seed() -> None:
+    from sppnet.cli import build_parser
+
+    assert build_parser().parse_args(["reproduce", "--seeds", "0,1,2"]).seeds == (0, 1, 2)
+
+
+def test_options_a_run_would_ignore_are_refused(capsys: pytest.CaptureFixture[str], trained_run, tmp_path) -> None:
+    code, _, err = run(capsys, "describe", str(trained_run), "--classes", "5")
+    assert code == 2 and "a run is described as it was trained" in err
+    code, _, err = run(capsys, "export", "--checkpoint", str(trained_run), "--seed", "3", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--classes and --seed are for untrained weights" in err and not (tmp_path / "x").exists()
+    code, out, _ = run(capsys, "describe", str(trained_run))
+    assert code == 0 and "fc8" in out

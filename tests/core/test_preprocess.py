@@ -187,6 +187,18 @@ def test_subtract_mean_image_stretched_to_the_array(tmp_path: Path, layout: str)
     np.testing.assert_allclose(subtract_mean(other, pre), other - bilinear(mean_hwc, 11, 13), atol=1e-3)
 
 
+@pytest.mark.parametrize("content", [None, b"not an array"])
+def test_a_missing_or_unreadable_mean_image_is_one_line_naming_it(tmp_path: Path, content: bytes | None) -> None:
+    from sppnet.core.errors import ArtifactError
+
+    path = tmp_path / "moved.npy"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ArtifactError, match=r"mean image .*moved\.npy cannot be read") as info:
+        subtract_mean(_image(4, 4), Preprocess(mean_image=str(path)))
+    assert "\n" not in str(info.value)
+
+
 def test_to_chw_batch() -> None:
     views = [_image(5, 7) for _ in range(3)]
     batch = to_chw_batch(views)

@@ -191,7 +191,7 @@ def test_curves(summary) -> None:
     rows = summary["curves"]["spp_multi"]
     assert [row["epoch"] for row in rows] == [0, 1, 2]
     assert rows[1]["train_loss"]["mean"] == pytest.approx(statistics.mean([1.9, 1.91, 1.92]))
-    assert rows[2]["test_top1"]["mean"] == pytest.approx(56.0)
+    assert rows[2]["monitored_top1"]["mean"] == pytest.approx(56.0)
 
 
 def test_one_seed() -> None:
