@@ -57,7 +57,7 @@ def sizes_plan(job: ReproduceConfig, variant: str) -> list[tuple[str, int | None
 
 
 def spread_subset(count: int, wanted: int) -> np.ndarray:
-    """`wanted` test images spread evenly over the class-ordered list (all of them when `wanted` is 0 or more)."""
+    """Indices of `wanted` images spread evenly over the class-ordered list (all when `wanted` is 0 or >= `count`)."""
     if not 0 < wanted < count:
         return np.arange(count)
     return np.unique(np.linspace(0, count - 1, wanted).round().astype(int))

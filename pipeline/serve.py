@@ -17,6 +17,7 @@ from sppnet.engines.bench_runtime import bench_runtime
 from sppnet.engines.compare import compare, summarise
 from sppnet.engines.routing import Policy, prepare
 from sppnet.engines.runtime import Runtime
+from sppnet.pipeline.evaluate import spread_subset
 
 POLICIES = (Policy("full"), Policy("center-crop"))
 
@@ -80,8 +81,9 @@ class ServeResult:
 
 
 def held_out_images(data_dir: Path, count: int) -> list[Path]:
-    """The first `count` test images of a built-in dataset (sorted, so the choice is reproducible)."""
-    return sorted(p for p in (data_dir / "test").rglob("*") if p.is_file())[:count]
+    """`count` test images of a built-in dataset, spread evenly over its classes (sorted: a reproducible choice)."""
+    paths = sorted(p for p in (data_dir / "test").rglob("*") if p.is_file())
+    return [paths[i] for i in spread_subset(len(paths), count)]
 
 
 def serve_check(onnx_dir: Path, run_dir: Path, images: list[Path], *, bench_images: int = 288) -> ServeResult:

@@ -86,11 +86,12 @@ def test_the_serve_stage_serves_held_out_images_that_agree_with_pytorch(quick_jo
     assert served.bench["images"] > 0 and served.bench["dispatcher_s"] > 0
 
 
-def test_held_out_images_are_the_first_test_images_in_sorted_order(quick_job) -> None:
+def test_held_out_images_come_from_every_class_in_a_reproducible_order(quick_job) -> None:
     out, _, _ = quick_job
-    images = held_out_images(out / "data", 5)
-    everything = sorted(p for p in (out / "data" / "test").rglob("*") if p.is_file())
-    assert images == everything[:5]
+    classes = sorted(p.name for p in (out / "data" / "test").iterdir() if p.is_dir())
+    images = held_out_images(out / "data", 2 * len(classes))
+    assert {p.parent.name for p in images} == set(classes)
+    assert images == held_out_images(out / "data", 2 * len(classes)) and len(set(images)) == len(images)
 
 
 def test_serve_check_refuses_a_directory_that_is_not_a_model_directory(quick_job, tmp_path) -> None:
