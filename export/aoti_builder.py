@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sppnet.core.atomic import sha256_file, write_atomic
-from sppnet.core.errors import BuildError, InvalidInput, one_line
+from sppnet.core.errors import BuildError, InvalidInput, OutOfMemory, one_line
 from sppnet.core.layers import CaffePool2d
 from sppnet.core.manifest import (
     MANIFEST,
@@ -232,14 +232,23 @@ def verify_package(
     path: Path, model: SPPNet, job: Job, device: str, *, input_scale: float, count: int = 8, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Run the package against eager PyTorch fp32 (the original model) at `verify_sizes`; BuildError past tolerance."""
-    runner = torch._inductor.aoti_load_package(str(path))
+    index = torch.device(device).index
+    try:
+        runner = torch._inductor.aoti_load_package(str(path), device_index=-1 if index is None else index)
+    except Exception as e:  # torch raises several internal types when a fresh package will not load
+        raise BuildError(f"{path.name}: the package just built does not load ({one_line(e)})") from e
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for batch, height, width in verify_sizes(job, count, seed):
         x = (torch.randn(batch, 3, height, width, generator=generator) * 60.0 * input_scale).to(device)
-        with torch.no_grad(), full_fp32():
-            got = runner(x).double().cpu()
-            want = model(x).double().cpu()
+        try:
+            with torch.no_grad(), full_fp32():
+                got = runner(x).double().cpu()
+                want = model(x).double().cpu()
+        except torch.OutOfMemoryError as e:
+            raise OutOfMemory(f"{path.name}: no memory to check it at {batch}x3x{height}x{width}: {one_line(e)}") from e
+        except RuntimeError as e:
+            raise BuildError(f"{path.name} failed at {batch}x3x{height}x{width} ({one_line(e)})") from e
         error = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
         agree = float((got.argmax(1) == want.argmax(1)).double().mean())
         rows.append({"batch": batch, "size": [height, width], "max_rel": error, "top1_agree": agree})
