@@ -18,7 +18,7 @@ import numpy as np
 
 from sppnet.core.errors import BadImage, InvalidInput, SppnetError, one_line
 from sppnet.core.images import DEFAULT_MAX_PIXELS, load_bgr
-from sppnet.core.manifest import EngineManifest, read_engine_manifest
+from sppnet.core.manifest import EngineManifest, directory_kind, read_engine_manifest, read_export_manifest
 from sppnet.engines.backends.base import Runner
 from sppnet.engines.dispatch import Executor, Item, StreamBatcher, run_batches
 from sppnet.engines.model_set import ModelSet, load_model_set
@@ -121,14 +121,19 @@ def gpu_requested(directory: str | os.PathLike[str], device: str | None) -> bool
 
 
 def default_precision(directory: str | os.PathLike[str], device: str | None) -> str:
-    """fp16 on a GPU where the directory has fp16 models, else fp32."""
-    if gpu_requested(directory, device):
-        try:
-            load_model_set(directory, "fp16")
-            return "fp16"
-        except SppnetError:
-            pass
-    return "fp32"
+    """fp16 on a GPU where the directory has fp16 models, else fp32. Reads the manifest only: the files are
+    verified once, when the chosen set loads."""
+    if not gpu_requested(directory, device):
+        return "fp32"
+    try:
+        kind = directory_kind(directory)
+        if kind == "run":
+            return "fp16"  # PyTorch casts a run to any precision
+        read = read_engine_manifest if kind == "engines" else read_export_manifest
+        files = read(directory, verify=False).files
+    except SppnetError:
+        return "fp32"  # loading the set says what is wrong
+    return "fp16" if any(f.precision == "fp16" and f.spp_form != "plugin" for f in files) else "fp32"
 
 
 class Runtime:
